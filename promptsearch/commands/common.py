@@ -1,0 +1,37 @@
+"""Options and helpers shared by CLI commands (not itself a command module).
+
+    promptsearch trial --help
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+DataRoot = typer.Option(None, "--data-root", envvar="PROMPTSEARCH_DATA_ROOT",
+                        help="Folder holding the MedMNIST .npz files (or env PROMPTSEARCH_DATA_ROOT).")
+Backbone = typer.Option("vit_tiny_patch16_224", "--backbone",
+                        help="timm model name, or torchvision:<name> (e.g. torchvision:mobilenet_v2).")
+BackboneWeights = typer.Option(None, "--backbone-weights", help="Local weights file for the backbone (offline).")
+Pretrained = typer.Option(False, "--pretrained", help="Fetch the backbone's pretrained weights from the hub.")
+ImageSize = typer.Option(None, "--image-size", help="Backbone working size in pixels (default: the backbone's).")
+PatchSize = typer.Option(None, "--patch-size", help="ViT patch size override (e.g. 4 for 28 px input).")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def register(app: typer.Typer) -> None:  # shared helpers only
+    return None

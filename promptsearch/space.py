@@ -1,0 +1,510 @@
+"""Search spaces: YAML files validated into frozen, typed objects, and candidates in them.
+
+    python -c "from promptsearch.space import load_space; s = load_space('search_spaces/medical.yaml'); print(s.size(), s.sample(0).architecture)"
+
+A space is a list of *decisions* (each a named list of choices, optionally active only when
+other decisions take given values) plus optional prompt *components* in groups, each an on/off
+gene. A candidate's genome is a fixed-length list of ints: one gene per decision, in file order,
+then one gene per component (0 = off, 1 = on). Strategies only ever manipulate genomes; the
+architecture (a readable dict) is derived from it.
+
+The "at least ``min_components`` components on" constraint is kept in two ways: samplers draw
+with rejection (so sampling stays uniform over valid genomes), and variation operators call
+:meth:`SearchSpace.repair`, which switches on randomly chosen components (seeded).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import math
+import random
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+Scalar = int | float | str | bool
+
+# --- the architecture vocabulary -------------------------------------------------------------
+# Every decision name a space may use, with the type its choices must have. The model builder
+# (promptsearch.prompts) implements exactly these values; tests check its registries match.
+Module = Literal["pixel", "token"]
+Fusion = Literal["concat", "attention", "gate"]
+Placement = Literal["prepend", "append", "insert", "replace"]
+Init = Literal["normal", "xavier", "uniform", "zero"]
+PixelPrompt = Literal["frame", "overlay"]
+DEPTH_RE = re.compile(r"^(shallow|deep|first_[1-9][0-9]*)$")
+
+
+class Architecture(BaseModel):
+    """A decoded candidate: what the model builder and the trainer read. Defaults apply to
+    decisions a space does not make (e.g. ``vpt.yaml`` has no components and no fusion)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    module: Module = "token"
+    components: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    tokens: int = Field(10, gt=0, le=512)  # tokens per component block (VPT: total tokens)
+    pixel_prompt: PixelPrompt = "frame"
+    frame_width: int = Field(8, gt=0, le=64)  # pixels; VPT-style padding prompt width
+    fusion: Fusion = "concat"
+    depth: str = "shallow"
+    placement: Placement = "prepend"
+    init: Init = "xavier"  # VPT's default initialisation
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lr: float = Field(0.01, gt=0.0, le=10.0)  # prompt + head learning rate
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("depth")
+    @classmethod
+    def _depth(cls, v: str) -> str:
+        if not DEPTH_RE.match(v):
+            raise ValueError("depth must be 'shallow', 'deep' or 'first_<k>' (k >= 1)")
+        return v
+
+    @property
+    def component_names(self) -> list[str]:
+        return [c for names in self.components.values() for c in names]
+
+
+# decision name -> validator for one choice value (the Architecture field's own type)
+DECISION_TYPES: dict[str, TypeAdapter] = {
+    name: TypeAdapter(Architecture.model_fields[name].annotation)
+    for name in Architecture.model_fields
+    if name != "components"
+}
+
+
+class SpaceError(ValueError):
+    """An invalid space file (or candidate): the message names the file, line and field path."""
+
+
+# --- the file schema ----------------------------------------------------------------------------
+class Decision(BaseModel):
+    """One categorical decision: ``choices`` in order; active only ``when`` every listed decision
+    takes one of the listed values (inactive genes are zeroed in the canonical genome)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    choices: tuple[Scalar, ...] = Field(min_length=1)
+    when: dict[str, tuple[Scalar, ...]] = Field(default_factory=dict)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> Decision:
+        if self.name not in DECISION_TYPES:
+            raise ValueError(f"unknown decision {self.name!r}; known: {', '.join(DECISION_TYPES)}")
+        adapter = DECISION_TYPES[self.name]
+        for value in self.choices:
+            try:
+                adapter.validate_python(value, strict=not isinstance(value, int | float))
+            except ValidationError as e:
+                raise ValueError(f"choice {value!r} is not valid: {e.errors()[0]['msg']}") from None
+        if len(set(map(repr, self.choices))) != len(self.choices):
+            raise ValueError("duplicate choices")
+        return self
+
+
+class SpaceFile(BaseModel):
+    """The YAML document, validated as a whole."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    version: int = 1
+    description: str = ""
+    components: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    min_components: int = Field(0, ge=0)
+    decisions: dict[str, Decision]
+
+    @field_validator("decisions", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {k: ({"name": k, **d} if isinstance(d, Mapping) else d) for k, d in v.items()}
+        return v
+
+    @field_validator("components")
+    @classmethod
+    def _components(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        seen: set[str] = set()
+        for group, names in v.items():
+            if not names:
+                raise ValueError(f"component group {group!r} is empty")
+            for n in names:
+                if n in seen:
+                    raise ValueError(f"duplicate component name {n!r}")
+                seen.add(n)
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> SpaceFile:
+        n_comp = sum(len(v) for v in self.components.values())
+        if self.min_components > n_comp:
+            raise ValueError(f"min_components={self.min_components} but only {n_comp} components")
+        names = list(self.decisions)
+        for d in self.decisions.values():
+            for ref, values in d.when.items():
+                if ref not in self.decisions or names.index(ref) >= names.index(d.name):
+                    raise ValueError(f"decision {d.name!r}: 'when' refers to {ref!r}, "
+                                     "which must be a decision listed before it")
+                bad = [x for x in values if x not in self.decisions[ref].choices]
+                if bad:
+                    raise ValueError(f"decision {d.name!r}: 'when' values {bad} are not choices of {ref!r}")
+        return self
+
+
+# --- YAML with line numbers ---------------------------------------------------------------------
+def _compose(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
+    """Parse YAML into plain data plus a map from field path to 1-based line; duplicate keys fail."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise SpaceError(f"{source}{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> Any:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out: dict = {}
+            for k, v in node.value:
+                key = yaml.SafeLoader.construct_scalar(yaml.SafeLoader(""), k) if isinstance(k, yaml.ScalarNode) else str(k)
+                if key in out:
+                    raise SpaceError(f"{source}:{k.start_mark.line + 1}: {'.'.join(map(str, path + (key,)))}: duplicate key")
+                lines[path + (key,)] = k.start_mark.line + 1
+                out[key] = walk(v, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [walk(v, path + (i,)) for i, v in enumerate(node.value)]
+        return yaml.SafeLoader("").construct_object(node, deep=True)
+
+    if root is None:
+        raise SpaceError(f"{source}: the file is empty")
+    return walk(root, ()), lines
+
+
+def _error_line(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    path = tuple(loc)
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get(())
+
+
+def _format_validation(e: ValidationError, source: str, lines: dict[tuple, int], data: Any) -> str:
+    msgs = []
+    for err in e.errors():
+        # pydantic reports model_validator errors at the model's own location; strip the
+        # '[name]' loc noise that `decisions.<k>` validators add for tagged entries
+        loc = tuple(x for x in err["loc"] if x not in ("function-after[_check(), Decision]",))
+        line = _error_line(loc, lines)
+        where = ".".join(str(x) for x in loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key {loc[-1]!r}"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        msgs.append(f"{source}{f':{line}' if line else ''}: {where}: {msg}")
+    return "\n".join(msgs)
+
+
+# --- the space ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Gene:
+    """One position of the genome: a decision or a component on/off switch."""
+
+    name: str
+    choices: tuple[Scalar, ...]
+    group: str | None = None  # component group, None for decisions
+
+    @property
+    def is_component(self) -> bool:
+        return self.group is not None
+
+
+class SearchSpace:
+    """A validated space. Immutable; equal spaces have equal :attr:`hash`."""
+
+    def __init__(self, spec: SpaceFile, source: str = "<memory>"):
+        self.spec = spec
+        self.source = source
+        self.genes: tuple[Gene, ...] = tuple(
+            [Gene(d.name, d.choices) for d in spec.decisions.values()]
+            + [Gene(c, (0, 1), group) for group, names in spec.components.items() for c in names]
+        )
+        self._index = {g.name: i for i, g in enumerate(self.genes)}
+        self.n_decisions = len(spec.decisions)
+
+    # identity
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @functools.cached_property
+    def hash(self) -> str:
+        blob = json.dumps(self.spec.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SearchSpace) and other.hash == self.hash
+
+    def __hash__(self) -> int:
+        return hash(self.hash)
+
+    def __repr__(self) -> str:
+        return f"SearchSpace({self.name!r}, genes={len(self.genes)}, size={self.size()}, hash={self.hash})"
+
+    def to_dict(self) -> dict:
+        return self.spec.model_dump(mode="json")
+
+    # structure
+    @property
+    def cardinalities(self) -> tuple[int, ...]:
+        return tuple(len(g.choices) for g in self.genes)
+
+    @property
+    def component_slice(self) -> slice:
+        return slice(self.n_decisions, len(self.genes))
+
+    def choices(self) -> dict[str, tuple[Scalar, ...]]:
+        """Each decision's (and component's) choices, by name."""
+        return {g.name: g.choices for g in self.genes}
+
+    def active(self, genome: Sequence[int]) -> list[bool]:
+        """Which genes matter for this genome (a decision's ``when`` may switch it off)."""
+        values = {g.name: g.choices[genome[i]] for i, g in enumerate(self.genes[: self.n_decisions])}
+        out = []
+        for g in self.genes:
+            d = self.spec.decisions.get(g.name) if not g.is_component else None
+            out.append(d is None or all(values[r] in allowed for r, allowed in d.when.items()))
+        return out
+
+    def _check_shape(self, genome: Sequence[int]) -> None:
+        if len(genome) != len(self.genes):
+            raise SpaceError(f"genome has {len(genome)} genes, space {self.name!r} has {len(self.genes)}")
+        for g, v in zip(self.genes, genome):
+            if not (isinstance(v, int) and 0 <= v < len(g.choices)):
+                raise SpaceError(f"gene {g.name!r}={v!r} out of range 0..{len(g.choices) - 1}")
+
+    def n_components_on(self, genome: Sequence[int]) -> int:
+        return sum(genome[self.component_slice])
+
+    def is_valid(self, genome: Sequence[int]) -> bool:
+        try:
+            self._check_shape(genome)
+        except SpaceError:
+            return False
+        return self.n_components_on(genome) >= self.spec.min_components
+
+    def canonical(self, genome: Sequence[int]) -> tuple[int, ...]:
+        """Inactive genes set to 0, so equal architectures have equal genomes."""
+        self._check_shape(genome)
+        return tuple(int(v) if a else 0 for v, a in zip(genome, self.active(genome)))
+
+    def repair(self, genome: Sequence[int], rng: random.Random) -> tuple[int, ...]:
+        """Switch on random components until the ``min_components`` constraint holds."""
+        g = list(int(x) for x in genome)
+        off = [i for i in range(self.n_decisions, len(g)) if g[i] == 0]
+        rng.shuffle(off)
+        while self.n_components_on(g) < self.spec.min_components:
+            g[off.pop()] = 1
+        return self.canonical(g)
+
+    # sampling and counting
+    def sample(self, seed: int | random.Random | None = None) -> Candidate:
+        """A uniform draw over decisions (rejection keeps the component constraint)."""
+        rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+        while True:
+            g = [rng.randrange(len(gene.choices)) for gene in self.genes]
+            if self.is_valid(g):
+                return self.candidate(g)
+
+    def _controllers(self) -> list[str]:
+        return sorted({r for d in self.spec.decisions.values() for r in d.when}, key=self._index.__getitem__)
+
+    def _component_count(self) -> int:
+        n = sum(len(v) for v in self.spec.components.values())
+        return sum(math.comb(n, k) for k in range(self.spec.min_components, n + 1))
+
+    def size(self) -> int:
+        """The number of distinct valid architectures (canonical genomes)."""
+        ctrl = self._controllers()
+        total = 0
+        for combo in itertools.product(*(self.spec.decisions[c].choices for c in ctrl)):
+            fixed = dict(zip(ctrl, combo))
+            n = 1
+            for d in self.spec.decisions.values():
+                if d.name in fixed:
+                    continue
+                if all(fixed[r] in allowed for r, allowed in d.when.items()):
+                    n *= len(d.choices)
+            # a combination whose controllers are themselves inactive is counted once, not per value
+            g = [0] * len(self.genes)
+            for name, value in fixed.items():
+                g[self._index[name]] = self.spec.decisions[name].choices.index(value)
+            act = self.active(g)
+            if any(not act[self._index[c]] and fixed[c] != self.spec.decisions[c].choices[0] for c in ctrl):
+                continue
+            total += n
+        return total * self._component_count()
+
+    def enumerate(self) -> Iterator[Candidate]:
+        """Every distinct valid candidate, in genome order (only sensible for small spaces)."""
+        seen: set[tuple[int, ...]] = set()
+        for g in itertools.product(*(range(len(x.choices)) for x in self.genes)):
+            if self.is_valid(g):
+                c = self.canonical(g)
+                if c not in seen:
+                    seen.add(c)
+                    yield self.candidate(c)
+
+    # genome <-> architecture
+    def candidate(self, genome: Sequence[int]) -> Candidate:
+        self._check_shape(genome)
+        if self.n_components_on(genome) < self.spec.min_components:
+            raise SpaceError(f"space {self.name!r} needs at least {self.spec.min_components} component(s) on")
+        return Candidate(self.canonical(genome), self)
+
+    def decode(self, genome: Sequence[int]) -> dict[str, Any]:
+        """Genome -> readable architecture dict (active decisions and the components on)."""
+        genome = self.canonical(genome)
+        act = self.active(genome)
+        arch: dict[str, Any] = {}
+        for i, g in enumerate(self.genes[: self.n_decisions]):
+            if act[i]:
+                arch[g.name] = g.choices[genome[i]]
+        if self.spec.components:
+            arch["components"] = {
+                group: [n for n in names if genome[self._index[n]]]
+                for group, names in self.spec.components.items()
+            }
+        return arch
+
+    def encode(self, arch: Mapping[str, Any]) -> tuple[int, ...]:
+        """Architecture dict -> canonical genome; unknown keys or values are a SpaceError."""
+        genome = [0] * len(self.genes)
+        for key, value in arch.items():
+            if key == "components":
+                for group, names in (value or {}).items():
+                    for n in names:
+                        if n not in self._index or self.genes[self._index[n]].group != group:
+                            raise SpaceError(f"component {group}.{n} is not in space {self.name!r}")
+                        genome[self._index[n]] = 1
+                continue
+            if key not in self.spec.decisions:
+                raise SpaceError(f"decision {key!r} is not in space {self.name!r}")
+            choices = self.spec.decisions[key].choices
+            if value not in choices:
+                raise SpaceError(f"{key}={value!r} is not a choice of space {self.name!r}: {list(choices)}")
+            genome[self._index[key]] = choices.index(value)
+        return self.candidate(genome).genome
+
+    def architecture(self, genome: Sequence[int]) -> Architecture:
+        arch = self.decode(genome)
+        arch["components"] = {k: tuple(v) for k, v in arch.get("components", {}).items() if v}
+        return Architecture(**arch)
+
+    def fix(self, **values: Scalar) -> SearchSpace:
+        """A copy of this space with some decisions pinned to one choice (e.g. ``module='pixel'``
+        for a CNN backbone, which cannot take token prompts)."""
+        decisions = dict(self.spec.decisions)
+        for name, value in values.items():
+            if name not in decisions:
+                continue
+            d = decisions[name]
+            if value not in d.choices:
+                raise SpaceError(f"cannot fix {name}={value!r}: not a choice of space {self.name!r}")
+            decisions[name] = d.model_copy(update={"choices": (value,)})
+        # drop 'when' values no longer possible
+        cleaned = {}
+        for k, d in decisions.items():
+            when = {r: tuple(x for x in a if x in decisions[r].choices) for r, a in d.when.items()}
+            cleaned[k] = d.model_copy(update={"when": when})
+        spec = self.spec.model_copy(update={"decisions": cleaned})
+        return SearchSpace(SpaceFile.model_validate(spec.model_dump()), self.source)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A point in a space: its canonical genome, with the architecture derived from it."""
+
+    genome: tuple[int, ...]
+    space: SearchSpace = field(compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "genome", tuple(int(x) for x in self.genome))
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        return self.space.decode(self.genome)
+
+    @property
+    def arch(self) -> Architecture:
+        return self.space.architecture(self.genome)
+
+    @property
+    def key(self) -> str:
+        """A stable hash for de-duplication: same space, same architecture -> same key."""
+        return hashlib.sha256(f"{self.space.hash}:{list(self.genome)}".encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"space": self.space.name, "space_hash": self.space.hash, "genome": list(self.genome),
+                "architecture": self.architecture, "key": self.key}
+
+    @classmethod
+    def from_json(cls, space: SearchSpace, data: Mapping[str, Any] | str) -> Candidate:
+        """Accepts ``{"genome": [...]}`` or ``{"architecture": {...}}`` (or the bare architecture)."""
+        if isinstance(data, str):
+            data = json.loads(data)
+        if data.get("space_hash") not in (None, space.hash):
+            raise SpaceError(f"candidate was made for space hash {data['space_hash']}, not {space.hash}")
+        if "genome" in data:
+            return space.candidate(list(data["genome"]))
+        arch = data.get("architecture", data)
+        return space.candidate(space.encode(arch))
+
+
+def parse_space(text: str, source: str = "<string>") -> SearchSpace:
+    data, lines = _compose(text, source)
+    if not isinstance(data, Mapping):
+        raise SpaceError(f"{source}:1: a space file is a mapping with 'name' and 'decisions'")
+    try:
+        spec = SpaceFile.model_validate(data)
+    except ValidationError as e:
+        raise SpaceError(_format_validation(e, source, lines, data)) from None
+    return SearchSpace(spec, source)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Load and validate a space file; a name without a path looks in the bundled ``search_spaces/``."""
+    p = resolve_space_path(path)
+    return parse_space(p.read_text(), str(path))
+
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def resolve_space_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.exists():
+        return p
+    if p.parent == Path(".") and re.fullmatch(r"[A-Za-z0-9_.-]+", p.name):
+        for cand in (SPACES_DIR / p.name, SPACES_DIR / f"{p.name}.yaml"):
+            if cand.exists():
+                return cand
+    raise SpaceError(f"space file {str(path)!r} not found (looked in the current directory and {SPACES_DIR})")
+
+
+def list_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))

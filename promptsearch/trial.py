@@ -1,0 +1,199 @@
+"""One trial: train a candidate's prompts (and head) on a frozen backbone, then evaluate it.
+
+    promptsearch trial --space pixel --dataset breastmnist --data-root ../shared/data/medmnist \
+        --backbone torchvision:mobilenet_v2 --backbone-weights ../shared/weights/mobilenet_v2-b0353104.pth --seed 0
+
+:func:`run_trial` is a pure function of (candidate, dataset, backbone, budget, seed): it never
+raises for a bad candidate or diverging training; it returns a ``TrialResult`` with
+``status="failed"`` and the reason. Selection metrics come from the validation split; the test
+split is evaluated once at the end and stored apart (``test_metrics``), never used to select.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from .data import Dataset, Split
+from .metrics import classification_metrics
+from .prompts import Backbone, BackboneSpec, IncompatibleCandidate, PromptedModel, build_backbone, build_prompted_model
+from .space import Candidate
+
+Status = Literal["completed", "failed", "preempted"]
+
+
+class Budget(BaseModel):
+    """How much training one trial gets. Defaults suit a laptop CPU and MedMNIST at 28 px."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(5, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    max_train_samples: int | None = Field(None, ge=1)  # a seeded subset, for quick searches
+    max_eval_samples: int | None = Field(None, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads (None: leave as is)
+    latency_repeats: int = Field(10, ge=1)  # batch-1 forward passes timed for latency_ms
+    diverge_loss: float = Field(1e4, gt=0)  # a loss above this ends the trial as diverged
+
+
+class TrialResult(BaseModel):
+    """What a trial reports. ``metrics`` holds validation metrics and costs, keyed by objective
+    name (``auc``, ``worst_class_recall``, ``prompt_params``, ``latency_ms``, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidate: dict[str, Any]
+    status: Status
+    reason: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    test_metrics: dict[str, float] = Field(default_factory=dict)
+    history: list[dict[str, float]] = Field(default_factory=list)
+    epochs: int = 0
+    steps: int = 0
+    wall_time_s: float = 0.0
+    seed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed" and all(math.isfinite(v) for v in self.metrics.values())
+
+    @classmethod
+    def failed(cls, candidate: Candidate | dict, reason: str, **kw: Any) -> TrialResult:
+        cand = candidate.to_json() if isinstance(candidate, Candidate) else candidate
+        return cls(candidate=cand, status="failed", reason=reason, **kw)
+
+
+class TrialFailed(RuntimeError):
+    """Raised inside a trial to end it as failed with a reason (e.g. NaN loss)."""
+
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def _batches(split: Split, batch_size: int, generator: torch.Generator | None):
+    order = torch.randperm(len(split), generator=generator) if generator is not None else torch.arange(len(split))
+    for i in range(0, len(split), batch_size):
+        idx = order[i:i + batch_size]
+        yield split.images[idx].float().div_(255.0), split.labels[idx]  # (B, C, H, W) in [0, 1]
+
+
+def loss_fn(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if task == "multi-label":
+        return F.binary_cross_entropy_with_logits(logits, labels)
+    return F.cross_entropy(logits, labels)
+
+
+@torch.no_grad()
+def evaluate(model: PromptedModel, split: Split, task: str, batch_size: int = 256) -> dict[str, float]:
+    """Validation/test metrics of a model on a split (MedMNIST AUC, accuracy, worst-class recall)."""
+    model.eval()
+    scores, labels = [], []
+    for x, y in _batches(split, batch_size, None):
+        logits = model(x)
+        scores.append(torch.sigmoid(logits) if task == "multi-label" else torch.softmax(logits, -1))
+        labels.append(y)
+    s = torch.cat(scores).float().numpy()
+    if not np.isfinite(s).all():
+        raise TrialFailed("non-finite outputs at evaluation")
+    return classification_metrics(task, torch.cat(labels).numpy(), s)
+
+
+@torch.no_grad()
+def latency_ms(model: PromptedModel, sample: torch.Tensor, repeats: int) -> float:
+    """Median wall time of a batch-1 forward pass, in milliseconds (after two warm-up passes)."""
+    model.eval()
+    x = sample[:1]
+    for _ in range(2):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def train_model(model: PromptedModel, data: Dataset, budget: Budget, seed: int,
+                on_epoch: EpochCallback | None = None, train: Split | None = None,
+                val: Split | None = None) -> tuple[list[dict[str, float]], int]:
+    """AdamW on the trainable parameters with a cosine schedule; returns (history, steps)."""
+    train = train or data.train
+    val = val or data.val
+    params = model.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=model.arch.lr, weight_decay=model.arch.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / budget.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=budget.epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    history, steps = [], 0
+    for epoch in range(1, budget.epochs + 1):
+        model.train()
+        total, n = 0.0, 0
+        for x, y in _batches(train, budget.batch_size, gen):
+            loss = loss_fn(data.task, model(x), y)
+            if not torch.isfinite(loss):
+                raise TrialFailed(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {steps + 1}")
+            if loss.item() > budget.diverge_loss:
+                raise TrialFailed(f"diverged: loss {loss.item():.3g} at epoch {epoch}, step {steps + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(y)
+            n += len(y)
+            steps += 1
+        row = {"epoch": float(epoch), "train_loss": total / max(n, 1)}
+        row.update({f"val_{k}": v for k, v in evaluate(model, val, data.task, budget.eval_batch_size).items()})
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+    return history, steps
+
+
+def run_trial(candidate: Candidate, data: Dataset, backbone: BackboneSpec | Backbone, budget: Budget | None = None,
+              seed: int = 0, on_epoch: EpochCallback | None = None, weights_out: str | Path | None = None) -> TrialResult:
+    """Train and evaluate one candidate; never raises for the candidate's own failures."""
+    budget = budget or Budget()
+    t0 = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    if budget.threads:
+        torch.set_num_threads(budget.threads)
+    history: list[dict[str, float]] = []
+    try:
+        torch.manual_seed(seed)  # prompt and head initialisation
+        model = build_prompted_model(candidate.arch, backbone if isinstance(backbone, Backbone) else build_backbone(backbone),
+                                     data.num_outputs)
+        train = data.train.subset(budget.max_train_samples, seed)
+        val = data.val.subset(budget.max_eval_samples, 0)
+        history, steps = train_model(model, data, budget, seed, on_epoch, train, val)
+        final = {k.removeprefix("val_"): v for k, v in history[-1].items() if k.startswith("val_")}
+        final.update({k: float(v) for k, v in model.cost().items()})
+        final["latency_ms"] = latency_ms(model, data.val.images.float() / 255.0, budget.latency_repeats)
+        test = evaluate(model, data.test.subset(budget.max_eval_samples, 0), data.task, budget.eval_batch_size)
+        if not all(math.isfinite(final[k]) for k in ("auc", "accuracy", "worst_class_recall")):
+            raise TrialFailed(f"non-finite validation metrics: {final}")
+        if weights_out is not None:
+            from safetensors.torch import save_file
+
+            Path(weights_out).parent.mkdir(parents=True, exist_ok=True)
+            save_file(model.trainable_state_dict(), str(weights_out))
+        return TrialResult(candidate=candidate.to_json(), status="completed", metrics=final, test_metrics=test,
+                           history=history, epochs=len(history), steps=steps,
+                           wall_time_s=time.perf_counter() - t0, seed=seed)
+    except (TrialFailed, IncompatibleCandidate) as e:
+        reason = f"{type(e).__name__}: {e}"
+    except Exception as e:  # a trial must never take its caller down
+        reason = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
+    finally:
+        torch.set_num_threads(old_threads)
+    return TrialResult.failed(candidate, reason, history=history, epochs=len(history),
+                              wall_time_s=time.perf_counter() - t0, seed=seed)
