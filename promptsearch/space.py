@@ -107,9 +107,9 @@ class Decision(BaseModel):
             try:
                 adapter.validate_python(value, strict=not isinstance(value, int | float))
             except ValidationError as e:
-                raise ValueError(f"choice {value!r} is not valid: {e.errors()[0]['msg']}") from None
+                raise ValueError(f"@choices: choice {value!r} is not valid: {e.errors()[0]['msg']}") from None
         if len(set(map(repr, self.choices))) != len(self.choices):
-            raise ValueError("duplicate choices")
+            raise ValueError("@choices: duplicate choices")
         return self
 
 
@@ -149,16 +149,16 @@ class SpaceFile(BaseModel):
     def _cross(self) -> SpaceFile:
         n_comp = sum(len(v) for v in self.components.values())
         if self.min_components > n_comp:
-            raise ValueError(f"min_components={self.min_components} but only {n_comp} components")
+            raise ValueError(f"@min_components: min_components={self.min_components} but only {n_comp} components")
         names = list(self.decisions)
         for d in self.decisions.values():
             for ref, values in d.when.items():
                 if ref not in self.decisions or names.index(ref) >= names.index(d.name):
-                    raise ValueError(f"decision {d.name!r}: 'when' refers to {ref!r}, "
+                    raise ValueError(f"@decisions.{d.name}.when.{ref}: 'when' refers to {ref!r}, "
                                      "which must be a decision listed before it")
                 bad = [x for x in values if x not in self.decisions[ref].choices]
                 if bad:
-                    raise ValueError(f"decision {d.name!r}: 'when' values {bad} are not choices of {ref!r}")
+                    raise ValueError(f"@decisions.{d.name}.when.{ref}: values {bad} are not choices of {ref!r}")
         return self
 
 
@@ -174,7 +174,7 @@ def _compose(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
     lines: dict[tuple, int] = {}
 
     def walk(node: yaml.Node, path: tuple) -> Any:
-        lines[path] = node.start_mark.line + 1
+        lines.setdefault(path, node.start_mark.line + 1)  # a mapping entry keeps its key's line
         if isinstance(node, yaml.MappingNode):
             out: dict = {}
             for k, v in node.value:
@@ -202,15 +202,18 @@ def _error_line(loc: tuple, lines: dict[tuple, int]) -> int | None:
     return lines.get(())
 
 
-def _format_validation(e: ValidationError, source: str, lines: dict[tuple, int], data: Any) -> str:
+def _format_validation(e: ValidationError, source: str, lines: dict[tuple, int]) -> str:
     msgs = []
     for err in e.errors():
         # pydantic reports model_validator errors at the model's own location; strip the
         # '[name]' loc noise that `decisions.<k>` validators add for tagged entries
-        loc = tuple(x for x in err["loc"] if x not in ("function-after[_check(), Decision]",))
+        loc = tuple(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if msg.startswith("@"):  # a cross-field check names its own field path
+            path, _, msg = msg[1:].partition(": ")
+            loc = loc + tuple(path.split("."))
         line = _error_line(loc, lines)
         where = ".".join(str(x) for x in loc) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {loc[-1]!r}"
         elif err["type"] == "missing":
@@ -482,7 +485,7 @@ def parse_space(text: str, source: str = "<string>") -> SearchSpace:
     try:
         spec = SpaceFile.model_validate(data)
     except ValidationError as e:
-        raise SpaceError(_format_validation(e, source, lines, data)) from None
+        raise SpaceError(_format_validation(e, source, lines)) from None
     return SearchSpace(spec, source)
 
 

@@ -12,7 +12,8 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress and errors
+out = Console()  # tables a user may pipe
 
 DataRoot = typer.Option(None, "--data-root", envvar="PROMPTSEARCH_DATA_ROOT",
                         help="Folder holding the MedMNIST .npz files (or env PROMPTSEARCH_DATA_ROOT).")
@@ -25,7 +26,7 @@ PatchSize = typer.Option(None, "--patch-size", help="ViT patch size override (e.
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # grep-able, unwrapped
     raise typer.Exit(code)
 
 

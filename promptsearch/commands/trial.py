@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import (Backbone, BackboneWeights, DataRoot, ImageSize, PatchSize, Pretrained, console, fail,
+from .common import (Backbone, BackboneWeights, DataRoot, ImageSize, PatchSize, Pretrained, console, fail, out,
                      print_json)
 
 space_app = typer.Typer(help="Inspect and validate search space files.", no_args_is_help=True)
@@ -39,7 +39,7 @@ def space_show(space: str = typer.Argument(..., help="A space file, or a name in
         when = s.spec.decisions[g.name].when if g.name in s.spec.decisions else {}
         t.add_row(g.name, g.group or "decision", ", ".join(map(str, g.choices)),
                   ", ".join(f"{k} in {list(v)}" for k, v in when.items()))
-    console.print(t)
+    out.print(t)
 
 
 @space_app.command("validate")
@@ -52,7 +52,7 @@ def space_validate(files: list[Path] = typer.Argument(..., help="Space files to 
             s = load_space(f)
         except SpaceError as e:
             fail(str(e))
-        console.print(f"{f}: ok ({s.name}, {s.size():,} architectures, hash {s.hash})")
+        out.print(f"{f}: ok ({s.name}, {s.size():,} architectures, hash {s.hash})")
 
 
 @space_app.command("sample")
@@ -126,7 +126,7 @@ def trial(
         for k, v in result.metrics.items():
             tv = result.test_metrics.get(k)
             t.add_row(k, f"{v:.4g}", "" if tv is None else f"{tv:.4g}")
-        console.print(t)
+        out.print(t)
     if result.status != "completed":
         raise typer.Exit(1)
 
