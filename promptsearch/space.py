@@ -205,8 +205,6 @@ def _error_line(loc: tuple, lines: dict[tuple, int]) -> int | None:
 def _format_validation(e: ValidationError, source: str, lines: dict[tuple, int]) -> str:
     msgs = []
     for err in e.errors():
-        # pydantic reports model_validator errors at the model's own location; strip the
-        # '[name]' loc noise that `decisions.<k>` validators add for tagged entries
         loc = tuple(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if msg.startswith("@"):  # a cross-field check names its own field path
