@@ -1,0 +1,244 @@
+"""``promptsearch search | jobs | cancel | pareto | resume``: run and manage search jobs.
+
+    promptsearch search jobs/breast_pixel.yaml --workspace ./promptsearch-runs
+    promptsearch jobs
+    promptsearch pareto <JOB> --json
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+
+from .common import console, fail, print_json
+
+# tables stay readable in logs and CI (a non-terminal console would default to 80 columns)
+wide = console if console.is_terminal else Console(stderr=True, width=160)
+
+Workspace = typer.Option(None, "--workspace", envvar="PROMPTSEARCH_WORKSPACE",
+                         help="Folder holding jobs, Ray Tune storage and the MLflow store (default ./promptsearch-runs).")
+RayAddress = typer.Option(None, "--ray-address", help="Join an existing Ray cluster ('auto' or host:port) instead of starting Ray.")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return str(v)
+
+
+def _arch(candidate: dict[str, Any]) -> str:
+    """A compact architecture: decision values (``lr`` and ``tokens`` named) and the components on."""
+    arch = dict(candidate.get("architecture", {}))
+    comps = arch.pop("components", {})
+    arch.pop("module", None) if arch.get("module") == "pixel" and "tokens" not in arch else None
+    parts = [f"{k} {v}" if k in ("lr", "tokens", "frame_width", "dropout", "weight_decay") else str(v) for k, v in arch.items()]
+    on = [c for names in comps.values() for c in names]
+    return " ".join(parts) + (f" [{','.join(on)}]" if on else "")
+
+
+def render_status(s: dict[str, Any]) -> Group:
+    """The live view: counts, hypervolume, best values so far, trials in flight."""
+    t = s["trials"]
+    head = Text.assemble((f"{s['job_id']}", "bold"), f"  {s['strategy']} on {s['space']}  ·  {s['dataset']}  ·  ",
+                         (s["status"], "bold green" if s["status"] == "completed" else "bold yellow"))
+    width = 30
+    done = int(width * t["finished"] / max(t["requested"], 1))
+    bar = Text.assemble(("█" * done, "green"), ("░" * (width - done), "dim"),
+                        f"  {t['finished']}/{t['requested']} finished · {t['running']} running · "
+                        f"{t['failed']} failed · {t['preempted']} preempted · hypervolume {s['hypervolume']:.4f}")
+    best = Text("best so far: " + ("  ".join(f"{k} {_fmt(v)}" for k, v in s["best"].items()) or "-"))
+    running = Table(box=None, show_header=False, padding=(0, 1))
+    for r in s["running_trials"]:
+        node = (r["node_id"] or "")[:8]
+        running.add_row(r["trial_id"], f"epoch {r['epoch']}/{r['epochs']}", f"node {node}" if node else "")
+    return Group(head, bar, best, running)
+
+
+def front_table(job_id: str, front: list[dict[str, Any]], objectives: list[dict[str, Any]]) -> Table:
+    t = Table(title=f"Pareto front of {job_id} ({len(front)} trial(s))")
+    t.add_column("trial", no_wrap=True)
+    for o in objectives:
+        t.add_column(f"{o['name']} ({o['direction']})", justify="right")
+    t.add_column("test auc", justify="right")
+    t.add_column("architecture", overflow="fold")
+    for r in front:
+        t.add_row(r["trial_id"], *[_fmt(r["metrics"].get(o["name"])) for o in objectives],
+                  _fmt(r["test_metrics"].get("auc")), _arch(r["candidate"]))
+    return t
+
+
+def _run(ws, job_id: str, ray_address: str | None, resume_cancelled: bool, as_json: bool) -> None:
+    from ..coordinator import job_front, job_status, run_job
+    from ..jobs import JobError
+
+    last = [0.0]
+    if as_json:
+        progress = None
+        ctx = None
+    else:
+        ctx = Live(render_status(job_status(ws, job_id)), console=console, refresh_per_second=4, transient=False)
+
+        def progress(s: dict[str, Any]) -> None:
+            now = time.monotonic()
+            if now - last[0] > 0.25 or s["status"] != "running":
+                last[0] = now
+                ctx.update(render_status(s))
+    try:
+        if ctx is not None:
+            with ctx:
+                status = run_job(ws, job_id, progress, ray_address=ray_address, resume_cancelled=resume_cancelled)
+                ctx.update(render_status(status))
+        else:
+            status = run_job(ws, job_id, None, ray_address=ray_address, resume_cancelled=resume_cancelled)
+    except JobError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]aborted[/]; `promptsearch resume {job_id}` continues it")
+        raise typer.Exit(130) from None
+    front = job_front(ws, job_id)
+    if as_json:
+        print_json({"status": status, "front": front})
+    else:
+        if status["message"]:
+            console.print(f"[bold]{status['status']}[/]: {status['message']}")
+        wide.print(front_table(job_id, front, status["objectives"]))
+        console.print(f"record: MLflow {status['mlflow'].get('tracking_uri', '')} "
+                      f"(experiment {status['mlflow'].get('experiment_name', '')}, run {job_id})")
+    raise typer.Exit(0 if status["status"] == "completed" else 1)
+
+
+def search(
+    job_file: Path = typer.Argument(..., help="The job file (YAML or JSON)."),
+    workspace: Optional[Path] = Workspace,
+    trials: Optional[int] = typer.Option(None, "--trials", help="Override the number of trials."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Override how many trials run at once."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Override the strategy (random, evolution, ...)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the seed."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Override the data root."),
+    backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", help="Override the backbone weights file."),
+    ray_address: Optional[str] = RayAddress,
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite in the workspace)."),
+    set_: list[str] = typer.Option([], "--set", help="Override any field: --set budget.epochs=2 (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="No live view; print the final status and front as JSON."),
+) -> None:
+    """Run a search job in the foreground: live progress, then its Pareto front."""
+    from ..coordinator import Workspace as WS
+    from ..coordinator import submit
+    from ..jobs import JobError, load_job, parse_override, with_overrides
+
+    try:
+        spec = load_job(job_file)
+        overrides = dict(parse_override(s) for s in set_)
+        overrides.update({k: v for k, v in {
+            "trials": trials, "concurrency": concurrency, "strategy": strategy, "seed": seed, "data_root": data_root,
+            "backbone.weights": backbone_weights, "ray_address": ray_address, "tracking_uri": tracking_uri}.items()
+            if v is not None})
+        if overrides:
+            spec = with_overrides(spec, overrides, source=f"{job_file} (overrides)")
+        ws = WS(workspace)
+        job_id = submit(ws, spec, job_file=job_file.read_text())
+    except JobError as e:
+        fail(str(e))
+    if not as_json:
+        console.print(f"job [bold]{job_id}[/] in {ws.root}")
+    _run(ws, job_id, None, False, as_json)
+
+
+def jobs(workspace: Optional[Path] = Workspace,
+         as_json: bool = typer.Option(False, "--json", help="Print the jobs as JSON.")) -> None:
+    """List the workspace's jobs with status and progress."""
+    from ..coordinator import Workspace as WS
+    from ..coordinator import list_jobs
+
+    rows = list_jobs(WS(workspace))
+    if as_json:
+        print_json(rows)
+        return
+    t = Table(title=f"jobs in {WS(workspace).root}")
+    t.add_column("job", no_wrap=True)
+    for c in ("status", "strategy", "space", "done", "failed", "running", "HV", "created"):
+        t.add_column(c, justify="right" if c in ("done", "failed", "running", "HV") else "left")
+    for s in rows:
+        status = s["status"] + (" (interrupted: resume)" if s["interrupted"] else "")
+        tr = s["trials"]
+        t.add_row(s["job_id"], status, s["strategy"], s["space"], f"{tr['finished']}/{tr['requested']}",
+                  str(tr["failed"]), str(tr["running"]), f"{s['hypervolume']:.4f}",
+                  time.strftime("%m-%d %H:%M", time.localtime(s["created_at"])))
+    wide.print(t)
+
+
+def cancel(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = Workspace,
+           wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the job has stopped.")) -> None:
+    """Stop a running job cleanly (its unfinished trials are recorded as preempted)."""
+    from ..coordinator import Workspace as WS
+    from ..coordinator import cancel as cancel_job
+    from ..coordinator import job_status
+    from ..jobs import JobError
+
+    ws = WS(workspace)
+    try:
+        job_id = ws.resolve(job)
+        status = cancel_job(ws, job_id)
+        deadline = time.monotonic() + 120
+        while wait and status["status"] in ("running", "queued") and not status["interrupted"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = job_status(ws, job_id)
+    except JobError as e:
+        fail(str(e))
+    console.print(f"{job_id}: {status['status']}" + (f" ({status['message']})" if status["message"] else ""))
+
+
+def pareto(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = Workspace,
+           as_json: bool = typer.Option(False, "--json", help="Print the front's trial records as JSON.")) -> None:
+    """Print a job's Pareto front (so far, if it is still running)."""
+    from ..coordinator import Workspace as WS
+    from ..coordinator import job_front, job_status
+    from ..jobs import JobError
+
+    ws = WS(workspace)
+    try:
+        job_id = ws.resolve(job)
+        front, status = job_front(ws, job_id), job_status(ws, job_id)
+    except JobError as e:
+        fail(str(e))
+    if as_json:
+        print_json(front)
+        return
+    wide.print(front_table(job_id, front, status["objectives"]))
+
+
+def resume(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = Workspace,
+           ray_address: Optional[str] = RayAddress,
+           as_json: bool = typer.Option(False, "--json", help="No live view; print the final status and front as JSON.")) -> None:
+    """Continue an interrupted or cancelled job: finished trials are kept, unfinished ones re-run."""
+    from ..coordinator import Workspace as WS
+    from ..jobs import JobError
+
+    ws = WS(workspace)
+    try:
+        job_id = ws.resolve(job)
+    except JobError as e:
+        fail(str(e))
+    _run(ws, job_id, ray_address, True, as_json)
+
+
+def register(app: typer.Typer) -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    app.command("search")(search)
+    app.command("jobs")(jobs)
+    app.command("cancel")(cancel)
+    app.command("pareto")(pareto)
+    app.command("resume")(resume)

@@ -1,0 +1,295 @@
+"""Search jobs: a YAML (or JSON) file validated into a frozen, typed :class:`JobSpec`.
+
+    python -c "from promptsearch.jobs import load_job; print(load_job('jobs/breast_pixel.yaml').model_dump_json(indent=2))"
+
+A job names everything one search needs: the space (a file, or a name in ``search_spaces/``),
+decisions to pin (``fix``), the dataset and its root, the frozen backbone, the training budget
+of each trial, the strategy and its options, the objectives and scalarization weights, how many
+trials, how many run at once, the resources of one trial, a seed, how many failed trials stop the
+job, and optionally a Ray cluster and an MLflow tracking URI.
+
+Errors name the file, line and field, like the space loader's (the same YAML helpers). String
+values may read the environment: ``${VAR}`` or ``${VAR:-default}``. Relative paths are resolved
+against the current directory when the job is submitted (:func:`resolve_paths`), so a stored job
+holds absolute paths and resumes from anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .space import Scalar, SearchSpace, SpaceError, _compose, _error_line, _format_validation, load_space
+from .trial import Budget
+
+
+class JobError(ValueError):
+    """An invalid job (file, field or override): the message names the file, line and field."""
+
+
+class BackboneConfig(BaseModel):
+    """The frozen backbone of every trial (see :class:`promptsearch.prompts.BackboneSpec`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "vit_tiny_patch16_224"  # timm name, or torchvision:<name>
+    image_size: int | None = Field(None, ge=8, le=2048)  # None: the backbone's own size
+    patch_size: int | None = Field(None, ge=1, le=64)  # ViTs only (e.g. 4 for 28-px input)
+    weights: str | None = None  # a local weights file (offline first)
+    pretrained: bool = False  # fetch hub weights (needs network)
+
+    def spec(self):
+        from .prompts import BackboneSpec
+
+        return BackboneSpec(self.name, image_size=self.image_size, patch_size=self.patch_size,
+                            weights=self.weights, pretrained=self.pretrained)
+
+
+class Resources(BaseModel):
+    """What one trial reserves on a Ray node. Fractions share a device (``gpu: 0.25``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu: float = Field(1.0, gt=0, le=1024)
+    gpu: float = Field(0.0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _whole(self) -> Resources:
+        for name in ("cpu", "gpu"):
+            v = getattr(self, name)
+            if v > 1 and v != int(v):
+                raise ValueError(f"@{name}: Ray takes a fraction below 1 or a whole number, got {v}")
+        return self
+
+    def ray(self) -> dict[str, float]:
+        return {"cpu": self.cpu, "gpu": self.gpu}
+
+
+class JobSpec(BaseModel):
+    """One search job. Every field has a default except what makes a job yours (space, dataset)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field("search", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # prefix of the job id
+    description: str = ""
+    space: str = "medical"  # a space file, or a name in search_spaces/
+    fix: dict[str, Scalar] = Field(default_factory=dict)  # pin decisions, e.g. {module: pixel} on a CNN
+    dataset: str = "breastmnist"  # MedMNIST name, or folder:PATH
+    data_root: str | None = None  # None: $PROMPTSEARCH_DATA_ROOT
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    budget: Budget = Field(default_factory=Budget)  # training of one trial
+    strategy: str = "random"  # a name in promptsearch.strategies.STRATEGIES
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
+    objectives: list[str | dict[str, Any]] = Field(default_factory=list)  # empty: DEFAULT_OBJECTIVES
+    scalarization: dict[str, Any] | None = None  # Scalarization fields (weights for one reward)
+    trials: int = Field(20, ge=1, le=100_000)  # finished trials (completed or failed) to run
+    concurrency: int = Field(2, ge=1, le=4096)  # trials in flight at once
+    resources: Resources = Field(default_factory=Resources)  # per trial
+    seed: int = Field(0, ge=0)  # seeds the strategy, and every trial's training (common random numbers)
+    max_failures: int | None = Field(None, ge=1)  # None: half the trials, at least 3
+    ray_address: str | None = None  # None: start Ray locally; "auto" or host:port joins a cluster
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else SQLite in the workspace
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        from .strategies import STRATEGIES
+
+        if v not in STRATEGIES:
+            raise ValueError(f"unknown strategy {v!r}; known: {', '.join(sorted(STRATEGIES))}")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list) -> list:
+        from .objectives import parse_objectives
+
+        parse_objectives(v)  # ObjectiveError is a ValueError: pydantic reports it at 'objectives'
+        return v
+
+    @field_validator("scalarization")
+    @classmethod
+    def _scalarization(cls, v: dict | None) -> dict | None:
+        from .objectives import Scalarization
+
+        if v is not None:
+            try:
+                Scalarization(**v)
+            except ValidationError as e:
+                err = e.errors()[0]
+                raise ValueError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        return v
+
+    @property
+    def objective_list(self):
+        """The typed objectives (:func:`promptsearch.objectives.parse_objectives`)."""
+        from .objectives import parse_objectives
+
+        return parse_objectives(self.objectives)
+
+    @property
+    def failure_limit(self) -> int:
+        """Failed trials that stop the job as failed."""
+        return self.max_failures or max(3, math.ceil(self.trials / 2))
+
+
+# --- loading ----------------------------------------------------------------------------------------
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(data: Any, path: tuple, lines: dict[tuple, int], source: str) -> Any:
+    """``${VAR}`` / ``${VAR:-default}`` in every string value."""
+    if isinstance(data, Mapping):
+        return {k: _expand_env(v, path + (k,), lines, source) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_expand_env(v, path + (i,), lines, source) for i, v in enumerate(data)]
+    if not isinstance(data, str):
+        return data
+
+    def sub(m: re.Match) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None and m.group(2) is None:
+            line = _error_line(path, lines)
+            raise JobError(f"{source}{f':{line}' if line else ''}: {'.'.join(map(str, path))}: "
+                           f"environment variable {m.group(1)} is not set (write ${{{m.group(1)}:-default}})")
+        return value if value is not None else m.group(2)
+
+    return _ENV.sub(sub, data)
+
+
+def _validate(data: Any, source: str, lines: dict[tuple, int]) -> JobSpec:
+    if not isinstance(data, Mapping):
+        raise JobError(f"{source}:1: a job file is a mapping of fields (space, dataset, trials, ...)")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise JobError(_format_validation(e, source, lines)) from None
+
+
+def parse_job(text: str, source: str = "<string>") -> JobSpec:
+    """A job from YAML (or JSON, which is YAML) text; errors name ``source:line: field``."""
+    try:
+        data, lines = _compose(text, source)
+    except SpaceError as e:  # the shared YAML helper names the space's error type
+        raise JobError(str(e)) from None
+    spec = _validate(_expand_env(data, (), lines, source), source, lines)
+    check_job(spec, source, lines)
+    return spec
+
+
+def load_job(path: str | Path) -> JobSpec:
+    """Load and validate a job file: every field, then that its space, paths and strategy resolve."""
+    p = Path(path)
+    if not p.is_file():
+        raise JobError(f"job file {str(path)!r} not found")
+    return parse_job(p.read_text(), str(path))
+
+
+def job_from_dict(data: Mapping[str, Any], source: str = "<job>") -> JobSpec:
+    """A job from already-parsed fields (the API's JSON body); the same checks as a file."""
+    spec = _validate(_expand_env(dict(data), (), {}, source), source, {})
+    check_job(spec, source, {})
+    return spec
+
+
+def with_overrides(spec: JobSpec, overrides: Mapping[str, Any], source: str = "override") -> JobSpec:
+    """A copy with dotted fields replaced (``{"trials": 4, "budget.epochs": 1}``), validated again."""
+    data = spec.model_dump(mode="json", exclude_unset=False)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    new = _validate(data, source, {})
+    check_job(new, source, {})
+    return new
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.path=value`` (the value read as a YAML scalar) -> (key, value)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise JobError(f"--set {text!r}: write FIELD=VALUE, e.g. --set budget.epochs=2")
+    return key.strip(), yaml.safe_load(value) if value.strip() else None
+
+
+# --- cross checks (need the file system and the registries) -----------------------------------------
+def _where(source: str, lines: dict[tuple, int], *path: Any) -> str:
+    line = _error_line(tuple(path), lines)
+    return f"{source}{f':{line}' if line else ''}: {'.'.join(map(str, path))}"
+
+
+def job_space(spec: JobSpec) -> SearchSpace:
+    """The job's space with its ``fix`` pins applied."""
+    space = load_space(spec.space)
+    return space.fix(**spec.fix) if spec.fix else space
+
+
+def check_job(spec: JobSpec, source: str = "<job>", lines: dict[tuple, int] | None = None) -> SearchSpace:
+    """Checks that need more than the fields: the space loads, ``fix`` names its decisions, the
+    local paths exist and the strategy accepts its options. Returns the (fixed) space."""
+    lines = lines or {}
+    try:
+        space = load_space(spec.space)
+    except SpaceError as e:
+        raise JobError(f"{_where(source, lines, 'space')}: {e}") from None
+    for name in spec.fix:
+        if name not in space.spec.decisions:
+            raise JobError(f"{_where(source, lines, 'fix', name)}: space {space.name!r} has no decision {name!r}")
+    try:
+        space = space.fix(**spec.fix) if spec.fix else space
+    except SpaceError as e:
+        raise JobError(f"{_where(source, lines, 'fix')}: {e}") from None
+    if spec.data_root is not None and not Path(spec.data_root).expanduser().is_dir():
+        raise JobError(f"{_where(source, lines, 'data_root')}: folder {spec.data_root!r} not found")
+    if spec.backbone.weights is not None and not Path(spec.backbone.weights).expanduser().is_file():
+        raise JobError(f"{_where(source, lines, 'backbone', 'weights')}: file {spec.backbone.weights!r} not found")
+    from .strategies import make_strategy
+
+    try:
+        make_strategy(spec.strategy, space, spec.objective_list, seed=spec.seed, **spec.strategy_options)
+    except (TypeError, ValueError, KeyError) as e:
+        raise JobError(f"{_where(source, lines, 'strategy_options')}: strategy {spec.strategy!r} "
+                       f"rejects its options: {e}") from None
+    return space
+
+
+def resolve_paths(spec: JobSpec, base: str | Path | None = None) -> JobSpec:
+    """Relative paths (space file, data root, backbone weights, ``folder:`` datasets) made absolute
+    against ``base`` (default: the current directory); a bundled space name stays a name. An unset
+    ``data_root`` takes ``$PROMPTSEARCH_DATA_ROOT``, so the stored job does not depend on the
+    environment it resumes in."""
+    base = Path(base or Path.cwd())
+
+    def absolute(p: str | None) -> str | None:
+        if p is None:
+            return None
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else (base / q).resolve())
+
+    space = spec.space
+    candidate = Path(space).expanduser()
+    if (base / candidate).exists():
+        space = str((base / candidate).resolve())
+    data_root = spec.data_root
+    if data_root is None and os.environ.get("PROMPTSEARCH_DATA_ROOT"):
+        data_root = os.environ["PROMPTSEARCH_DATA_ROOT"]
+    dataset = spec.dataset
+    if dataset.startswith("folder:"):
+        dataset = "folder:" + absolute(dataset.removeprefix("folder:"))
+    return spec.model_copy(update={
+        "space": space, "data_root": absolute(data_root), "dataset": dataset,
+        "backbone": spec.backbone.model_copy(update={"weights": absolute(spec.backbone.weights)}),
+    })

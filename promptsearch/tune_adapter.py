@@ -1,0 +1,123 @@
+"""The one thin adapter between Ray Tune and a search job's loop (:class:`~promptsearch.coordinator.SearchLoop`).
+
+    python -c "from promptsearch.tune_adapter import StrategySearcher; help(StrategySearcher)"
+
+Like Ray's ``OptunaSearch``: ``suggest`` -> ``loop.ask`` (-> ``strategy.ask()``), ``on_trial_result``
+-> ``loop.epoch``, ``on_trial_complete`` -> ``loop.tell`` (-> ``strategy.tell()``; an errored trial
+is told as failed). Two hooks complete it: a Stopper that stops every trial when the job is
+cancelled or fails too often, and a Callback that hands Ray's error text of an errored trial to the
+loop. Strategies never see Ray; this module is the only place the coordinator meets Tune's types.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ray.tune import Callback, Stopper
+from ray.tune.search import Searcher
+
+if TYPE_CHECKING:
+    from .coordinator import SearchLoop
+
+FINISHED = "FINISHED"  # SearchLoop.ask's "no more trials"
+
+
+class StrategySearcher(Searcher):
+    """``suggest`` -> ask, ``on_trial_result`` -> epoch, ``on_trial_complete`` -> tell."""
+
+    def __init__(self, loop: SearchLoop):
+        super().__init__()
+        self.loop = loop
+        self.trials: dict[str, str] = {}  # Tune trial id -> the job's trial id
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # objectives come from the job, not from Tune's metric/mode
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        config = self.loop.ask(trial_id)
+        if config == FINISHED:
+            return Searcher.FINISHED
+        self.trials[trial_id] = config["trial_id"]
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if "history_row" in result and trial_id in self.trials:
+            self.loop.epoch(self.trials[trial_id], json.loads(result["history_row"]), node_info(result))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from .trial import TrialResult
+
+        ours = self.trials.get(trial_id)
+        if ours is None:
+            return
+        result = result or {}
+        res = TrialResult.model_validate(json.loads(result["trial_result"])) if "trial_result" in result else None
+        self.loop.tell(ours, None if error else res, error="the trial errored in Ray" if error else None,
+                       node=node_info(result), weights=result.get("weights") or None)
+
+    def __getstate__(self) -> dict:  # Tune pickles its searcher; the live loop stays here
+        return {**self.__dict__, "loop": None}
+
+    def save(self, checkpoint_path: str) -> None:  # the job's state.json is the real checkpoint
+        Path(checkpoint_path).write_text(json.dumps({"state": str(self.loop.dir / "state.json")}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        return None
+
+
+def trial_dirname(trial: Any) -> str:
+    """Tune's per-trial folder: the job's trial id and Tune's (not the whole config)."""
+    return f"{trial.config.get('trial_id', 'trial')}_{trial.trial_id}"
+
+
+def node_info(result: dict) -> dict[str, Any]:
+    """Where a trial ran (the trainable reports ``node_id``; Tune adds ``node_ip`` and ``pid``)."""
+    return {"node_id": result.get("node_id"), "node_ip": result.get("node_ip"), "pid": result.get("pid")}
+
+
+class JobStopper(Stopper):
+    """Stops every trial when the job is cancelled, interrupted or has failed too often."""
+
+    def __init__(self, loop: SearchLoop):
+        self.loop = loop
+
+    def __getstate__(self) -> dict:
+        return {"loop": None}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.loop.should_stop()
+
+
+class ErrorReasons(Callback):
+    """Hands Ray's error text of an errored trial (an exception, or a dead worker) to the loop."""
+
+    def __init__(self, searcher: StrategySearcher):
+        self.searcher = searcher
+
+    def __getstate__(self) -> dict:
+        return {"searcher": None}
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        ours = self.searcher.trials.get(trial.trial_id)
+        if ours is not None:
+            self.searcher.loop.error_reason(ours, error_text(trial))
+
+
+def error_text(trial: Any) -> str:
+    """The useful line of Ray's error file: the exception, or how the worker process died."""
+    text = ""
+    with contextlib.suppress(Exception):
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
+    text = text or str(getattr(trial, "error_msg", "") or "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Failure #")]
+    if any("actor died" in ln or "worker process has died" in ln for ln in lines):
+        detail = next((ln for ln in lines if "exit detail" in ln.lower()), "")
+        return f"worker process died: {detail or lines[0]}"[:2000]
+    exc = [ln for ln in lines if not ln.startswith(("File ", "^", "\x1b", "ray::")) and ": " in ln]
+    return (exc[-1] if exc else (lines[-1] if lines else "the trial errored in Ray"))[:2000]
