@@ -3,7 +3,7 @@
     python -c "from promptsearch.strategies import STRATEGIES; print(sorted(STRATEGIES))"
 """
 
-from .base import STRATEGIES, Strategy, make_strategy  # noqa: F401
+from .base import STRATEGIES, Observation, Strategy, StrategyError, make_strategy  # noqa: F401
 
 # importing a strategy module registers it
-from . import random_search  # noqa: F401,E402
+from . import evolution, optuna_search, random_search, rl  # noqa: F401,E402

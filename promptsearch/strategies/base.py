@@ -4,50 +4,232 @@
 
 The caller (the coordinator) owns the loop. Asks may run ahead of tells (several trials in
 flight) and tells may come out of order; a candidate's id is its ``Candidate.key``. A failed
-trial is told with ``result.status == "failed"`` (its metrics may be empty or NaN). Strategies
-know the space and the objectives, never Ray or MLflow.
+trial is told with ``result.status == "failed"`` (its metrics may be empty or NaN); a completed
+result missing an objective or with a non-finite one counts as failed too. Strategies know the
+space and the objectives, never Ray or MLflow.
+
+:class:`Strategy` does the bookkeeping every strategy shares, so each one only writes
+``_propose`` (a genome), ``_observe`` (learn from one result) and its own state:
+
+* every proposal is made canonical and, if it breaks the space's constraint, repaired
+  (``SearchSpace.repair``), so no invalid candidate ever leaves ``ask``;
+* no candidate is proposed twice: a repeat is re-proposed up to ``max_retries`` times, then a
+  random unseen candidate is drawn instead; repeats happen only once the space is exhausted;
+* ``tell`` looks the id up among the pending asks (an id told twice is ignored: at-least-once
+  delivery is safe) and turns the result into normalised objective values and a scalar reward;
+* ``state_dict`` is plain JSON (version, strategy, space hash, RNG state, asks, results, plus
+  the strategy's own part); ``load_state_dict`` on a fresh object with the same space and
+  options restores it exactly, so the next proposals are identical.
 """
 
 from __future__ import annotations
 
+import inspect
+import random
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
+from ..objectives import Objective, Scalarization, normalised_values, parse_objectives, scalarize
 from ..registry import Registry
 from ..space import Candidate, SearchSpace
 from ..trial import TrialResult
 
 STRATEGIES: Registry = Registry("strategy")
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: shared bookkeeping (asks, pending, results) in every strategy's state
+
+Genome = tuple[int, ...]
+
+
+class StrategyError(ValueError):
+    """Bad strategy options, an unknown candidate id or a state from another strategy/space."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One told result as a strategy sees it: the genome, its normalised objective values
+    (``[0, 1]``, 1 = best; ``None`` when the trial failed) and the scalarized reward."""
+
+    genome: Genome
+    values: tuple[float, ...] | None
+    reward: float
+
+    @property
+    def ok(self) -> bool:
+        return self.values is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"genome": list(self.genome), "values": None if self.values is None else list(self.values),
+                "reward": self.reward}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Observation:
+        return cls(tuple(d["genome"]), None if d["values"] is None else tuple(d["values"]), float(d["reward"]))
+
+
+def rng_to_json(rng: random.Random) -> list:
+    v, internal, gauss = rng.getstate()
+    return [v, list(internal), gauss]
+
+
+def rng_from_json(rng: random.Random, state: Sequence) -> None:
+    v, internal, gauss = state
+    rng.setstate((v, tuple(internal), gauss))
 
 
 class Strategy(ABC):
-    """Base class: holds the space, the objectives and the seed; subclasses implement the rest."""
+    """Shared bookkeeping; a subclass implements ``_propose`` and optionally ``_observe``,
+    ``_state`` and ``_load_state``. Constructor options are keyword arguments with defaults."""
 
     name: ClassVar[str] = ""
 
-    def __init__(self, space: SearchSpace, objectives: Any = None, seed: int = 0, **options: Any):
+    def __init__(self, space: SearchSpace, objectives: Sequence[Objective | str | Mapping] | None = None,
+                 seed: int = 0, scalarization: Scalarization | Mapping[str, Any] | None = None,
+                 max_retries: int = 50):
         self.space = space
-        self.objectives = objectives
-        self.seed = seed
-        self.options = options
+        self.objectives: tuple[Objective, ...] = parse_objectives(objectives)
+        self.scalarization = (scalarization if isinstance(scalarization, Scalarization)
+                              else Scalarization(**(scalarization or {})))
+        self.seed = int(seed)
+        self.max_retries = max_retries  # re-proposals of a repeat before a random unseen candidate
+        self.rng = random.Random(self.seed)  # bookkeeping draws (repair, fallback) and simple strategies
+        self.asked: dict[Genome, int] = {}  # every genome proposed -> ask number
+        self.pending: dict[str, Genome] = {}  # candidate id -> genome, asked but not told
+        self.told: list[Observation] = []  # in tell order
+        self._told_keys: set[str] = set()
+        self._size = space.size()
 
-    @abstractmethod
+    # --- the public interface ---------------------------------------------------------------
     def ask(self) -> Candidate:
-        """The next candidate to evaluate (never one already asked, unless the space is exhausted)."""
+        """The next candidate: valid, and never one already asked unless the space is exhausted."""
+        exhausted = len(self.asked) >= self._size
+        genome = None
+        for _ in range(max(1, self.max_retries)):
+            g = self._valid(self._propose())
+            if exhausted or g not in self.asked:
+                genome = g
+                break
+            self._rejected(g)
+        if genome is None:
+            genome = self._unseen()
+        self._accepted(genome)
+        cand = self.space.candidate(genome)
+        self.asked[cand.genome] = len(self.asked)
+        self.pending[cand.key] = cand.genome
+        return cand
 
-    @abstractmethod
-    def tell(self, candidate_id: str, result: TrialResult) -> None:
+    def tell(self, candidate_id: str, result: TrialResult | Mapping[str, Any]) -> None:
         """Report a finished (or failed) trial of a candidate this strategy proposed."""
+        if candidate_id in self._told_keys:
+            return  # told already: duplicate deliveries are harmless
+        if candidate_id not in self.pending:
+            raise StrategyError(f"candidate id {candidate_id!r} was not asked of this {self.name} strategy "
+                                f"(or its state was not restored)")
+        self._record(candidate_id, self.observation(self.pending[candidate_id], result))
 
-    @abstractmethod
+    def _record(self, candidate_id: str, obs: Observation) -> None:
+        del self.pending[candidate_id]
+        self._told_keys.add(candidate_id)
+        self.told.append(obs)
+        self._observe(obs)
+
+    def observation(self, genome: Genome, result: TrialResult | Mapping[str, Any]) -> Observation:
+        status = result.get("status") if isinstance(result, Mapping) else result.status
+        metrics = (result.get("metrics") if isinstance(result, Mapping) else result.metrics) or {}
+        values = None
+        if status == "completed":
+            try:
+                raw = np.array([float(metrics[o.name]) for o in self.objectives])
+            except (KeyError, TypeError, ValueError):
+                raw = None
+            if raw is not None and np.isfinite(raw).all():
+                values = tuple(float(x) for x in normalised_values(raw, self.objectives)[0])
+        reward = scalarize({"status": "completed", "metrics": metrics} if values is not None else {"status": "failed"},
+                           self.objectives, self.scalarization)
+        return Observation(tuple(genome), values, reward)
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state; ``load_state_dict`` on a fresh object restores it exactly."""
+        return {"version": STATE_VERSION, "strategy": self.name, "space": self.space.name,
+                "space_hash": self.space.hash, "seed": self.seed, "rng": rng_to_json(self.rng),
+                "asked": [list(g) for g in self.asked], "pending": {k: list(g) for k, g in self.pending.items()},
+                "told": [o.to_json() for o in self.told], "told_keys": sorted(self._told_keys),
+                "own": self._state()}
 
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION or state.get("strategy") != self.name:
+            raise StrategyError(f"state is for {state.get('strategy')} v{state.get('version')}, "
+                                f"not {self.name} v{STATE_VERSION}")
+        if state.get("space_hash") != self.space.hash:
+            raise StrategyError(f"state was made for space {state.get('space')!r} ({state.get('space_hash')}), "
+                                f"not {self.space.name!r} ({self.space.hash})")
+        self.seed = int(state["seed"])
+        rng_from_json(self.rng, state["rng"])
+        self.asked = {tuple(g): i for i, g in enumerate(state["asked"])}
+        self.pending = {k: tuple(g) for k, g in state["pending"].items()}
+        self.told = [Observation.from_json(o) for o in state["told"]]
+        self._told_keys = set(state["told_keys"])
+        self._load_state(state["own"])
+
+    # --- what a strategy implements ---------------------------------------------------------------
     @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def _propose(self) -> Sequence[int]:
+        """A genome to try (made canonical and repaired by ``ask``)."""
+
+    def _observe(self, obs: Observation) -> None:
+        """Learn from one told result (default: nothing)."""
+
+    def _rejected(self, genome: Genome) -> None:
+        """A proposal that repeats an asked genome (default: nothing)."""
+
+    def _accepted(self, genome: Genome) -> None:
+        """The genome ``ask`` is about to return (default: nothing)."""
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        return None
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _valid(self, genome: Sequence[int]) -> Genome:
+        g = [int(x) for x in genome]
+        return self.space.canonical(g) if self.space.is_valid(g) else self.space.repair(g, self.rng)
+
+    def _unseen(self) -> Genome:
+        """A uniformly random genome not asked yet (walks the enumeration when nearly exhausted)."""
+        for _ in range(1000):
+            g = self.space.sample(self.rng).genome
+            if g not in self.asked:
+                return g
+        for c in self.space.enumerate():
+            if c.genome not in self.asked:
+                return c.genome
+        return self.space.sample(self.rng).genome  # exhausted: repeats are allowed
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self.asked) >= self._size
 
 
 def make_strategy(name: str, space: SearchSpace, objectives: Any = None, seed: int = 0, **options: Any) -> Strategy:
-    return STRATEGIES.get_or_raise(name)(space, objectives, seed=seed, **options)
+    """A registered strategy by name; unknown names and options are a clear :class:`StrategyError`."""
+    try:
+        cls = STRATEGIES.get_or_raise(name)
+    except KeyError as e:
+        raise StrategyError(str(e.args[0])) from None
+    params = {p for c in type.mro(cls) if c is not object and "__init__" in c.__dict__
+              for p in inspect.signature(c.__init__).parameters}
+    params -= {"self", "space", "objectives", "seed", "options", "kwargs"}
+    unknown = sorted(set(options) - params)
+    if unknown:
+        raise StrategyError(f"strategy {name!r} has no option {', '.join(map(repr, unknown))}; "
+                            f"options: {', '.join(sorted(params))}")
+    try:
+        return cls(space, objectives, seed=seed, **options)
+    except (TypeError, ValueError) as e:
+        raise StrategyError(f"strategy {name!r}: {e}") from None

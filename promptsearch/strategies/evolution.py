@@ -1,0 +1,135 @@
+"""Evolution: a steady-state multi-objective genetic algorithm on genomes (DEAP operators, NSGA-II).
+
+    python -c "from promptsearch.strategies import make_strategy; from promptsearch.space import load_space; s = make_strategy('evolution', load_space('medical'), seed=0); print(s.ask().architecture)"
+
+Asynchronous (steady state): there are no generations to wait for. Until ``population_size``
+results are in, ``ask`` samples uniformly; after that every ``ask`` breeds one child from the
+current population, and every ``tell`` inserts the result and, above ``population_size``,
+removes one individual:
+
+* ``aging=False`` (default, NSGA-II): DEAP's ``selNSGA2`` keeps the best ``population_size``
+  by Pareto rank then crowding distance (multi-objective, no scalarization);
+* ``aging=True`` (regularized evolution, Real et al. 2019): the oldest individual dies.
+
+Parents: ``tournament_size`` individuals drawn at random, the best by (Pareto rank, crowding
+distance) over the whole population wins. Child: DEAP's ``cxUniform`` with probability
+``crossover_prob`` (else a copy of the first parent), then DEAP's ``mutUniformInt`` on the
+*active* genes only, each resampled with probability ``mutation_rate`` (default 1 / active
+genes) within its own choices; the result is made canonical and repaired to the constraint by
+``ask``. Fitness is the normalised objective vector (1 = best; prompt parameters on a log scale),
+so crowding is measured on the same scale as the hypervolume. Failed trials never enter the
+population. Individuals are plain data (genome, values, birth): no DEAP ``creator`` classes.
+DEAP's operators draw from the global ``random`` module; they run on this strategy's own RNG
+(swapped in and out), so runs are seeded and never disturb other code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from deap import base, tools
+
+from ..objectives import crowding_distance, nondominated_ranks
+from .base import STRATEGIES, Observation, Strategy
+
+
+@contextlib.contextmanager
+def deap_rng(rng: random.Random) -> Iterator[None]:
+    """Run DEAP (which calls ``random.*``) on ``rng``; the global state is restored after."""
+    saved = random.getstate()
+    random.setstate(rng.getstate())
+    try:
+        yield
+    finally:
+        rng.setstate(random.getstate())
+        random.setstate(saved)
+
+
+@STRATEGIES.register("evolution")
+class EvolutionStrategy(Strategy):
+    name = "evolution"
+
+    def __init__(self, space, objectives=None, seed: int = 0,
+                 population_size: int = 16,  # small: a job has 25-200 trials, a generation must turn over
+                 tournament_size: int = 2,  # binary tournament, as NSGA-II
+                 crossover_prob: float = 0.9,  # NSGA-II's usual setting
+                 mutation_rate: float | None = None,  # per active gene; None = 1 / active genes
+                 aging: bool = False,  # True = regularized evolution (oldest dies)
+                 **common: Any):
+        super().__init__(space, objectives, seed, **common)
+        if not (population_size >= 2 and tournament_size >= 1 and 0 <= crossover_prob <= 1
+                and (mutation_rate is None or 0 <= mutation_rate <= 1)):
+            raise ValueError("evolution options out of range: population_size>=2, tournament_size>=1, "
+                             "0<=crossover_prob<=1, 0<=mutation_rate<=1")
+        self.population_size, self.tournament_size = population_size, tournament_size
+        self.crossover_prob, self.mutation_rate, self.aging = crossover_prob, mutation_rate, aging
+        self.population: list[dict[str, Any]] = []  # {"genome", "values", "birth"}, insertion order
+        self.births = 0
+        # a local fitness class (all objectives maximised after normalisation); never pickled
+        self._fitness = type("Fitness", (base.Fitness,), {"weights": (1.0,) * len(self.objectives)})
+        self._maximised = [o.model_copy(update={"direction": "max"}) for o in self.objectives]
+
+    # --- breeding ---------------------------------------------------------------------------------
+    def _propose(self) -> Sequence[int]:
+        if len(self.population) < self.population_size:
+            return self.space.sample(self.rng).genome  # the initial population is uniform
+        values = np.array([ind["values"] for ind in self.population])  # (P, m), 1 = best
+        ranks = nondominated_ranks(values, self._maximised)
+        crowd = crowding_distance(values, ranks)
+        p1, p2 = (self.population[self._tournament(ranks, crowd)]["genome"] for _ in range(2))
+        child1, child2 = list(p1), list(p2)
+        active = [i for i, a in enumerate(self.space.active(p1)) if a and len(self.space.genes[i].choices) > 1]
+        rate = self.mutation_rate if self.mutation_rate is not None else 1.0 / max(1, len(active))
+        with deap_rng(self.rng):
+            if random.random() < self.crossover_prob:
+                tools.cxUniform(child1, child2, indpb=0.5)
+            genes = [child1[i] for i in active]
+            tools.mutUniformInt(genes, low=[0] * len(active),
+                                up=[len(self.space.genes[i].choices) - 1 for i in active], indpb=rate)
+        for i, v in zip(active, genes):
+            child1[i] = v
+        return child1
+
+    def _tournament(self, ranks: np.ndarray, crowd: np.ndarray) -> int:
+        contenders = self.rng.sample(range(len(self.population)), min(self.tournament_size, len(self.population)))
+        return min(contenders, key=lambda k: (ranks[k], -crowd[k], k))
+
+    # --- survival -----------------------------------------------------------------------------------
+    def _observe(self, obs: Observation) -> None:
+        if not obs.ok:
+            return  # failed trials never breed
+        self.population.append({"genome": list(obs.genome), "values": list(obs.values), "birth": self.births})
+        self.births += 1
+        if len(self.population) <= self.population_size:
+            return
+        if self.aging:
+            oldest = min(range(len(self.population)), key=lambda k: self.population[k]["birth"])
+            del self.population[oldest]
+            return
+        holders = [SimpleNamespace(fitness=self._fitness(tuple(ind["values"])), k=k)
+                   for k, ind in enumerate(self.population)]
+        keep = {h.k for h in tools.selNSGA2(holders, self.population_size)}
+        self.population = [ind for k, ind in enumerate(self.population) if k in keep]
+
+    # --- state --------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"population": self.population, "births": self.births}
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        self.population = [dict(ind) for ind in state["population"]]
+        self.births = int(state["births"])
+
+
+@STRATEGIES.register("regularized-evolution")
+class RegularizedEvolution(EvolutionStrategy):
+    """Evolution with aging (Real et al. 2019): the oldest individual dies, not the worst."""
+
+    name = "regularized-evolution"
+
+    def __init__(self, space, objectives=None, seed: int = 0, aging: bool = True, **options: Any):
+        super().__init__(space, objectives, seed, aging=aging, **options)

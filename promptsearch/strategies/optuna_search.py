@@ -1,0 +1,176 @@
+"""Optuna's TPE and NSGA-II samplers through its ask-and-tell API: our peer baseline.
+
+    python -c "from promptsearch.strategies import make_strategy; from promptsearch.space import load_space; s = make_strategy('optuna-tpe', load_space('medical'), seed=0); print(s.ask().architecture)"
+
+A thin adapter. Each gene is a ``CategoricalDistribution`` over its choice *indices*, suggested
+define-by-run in genome order, so a decision whose ``when`` is unmet is never suggested (Optuna
+sees the space's conditional structure). The study maximises every normalised objective
+(1 = best; prompt parameters on a log scale, as the hypervolume sees them).
+
+Every Optuna trial that is told values has exactly the evaluated genome as its parameters:
+
+* a proposal that repeats a genome already evaluated is told that genome's known values at once
+  (it *is* that point) and Optuna is asked again; a repeat of a pending or failed genome, or a
+  proposal that breaks the constraint, is told ``FAIL``;
+* when ``ask`` settles on a genome Optuna did not propose (a repaired proposal, or a random
+  unseen one after ``max_retries`` repeats) it is enqueued (``Study.enqueue_trial``) and asked.
+
+State: Optuna's samplers keep internal RNG state that has no public getter, so the JSON state
+is the seed plus the log of asks and told results; ``load_state_dict`` rebuilds the study by
+replaying it through the same seeded sampler — exact, and checked (the replayed asks must match).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ..registry import Registry
+from ..space import Candidate
+from .base import STATE_VERSION, STRATEGIES, Genome, Observation, Strategy, StrategyError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SAMPLERS: Registry[Callable[..., optuna.samplers.BaseSampler]] = Registry("optuna sampler")
+
+
+@SAMPLERS.register("tpe")
+def _tpe(seed: int, n_startup_trials: int, population_size: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
+
+
+@SAMPLERS.register("nsga2")
+def _nsga2(seed: int, n_startup_trials: int, population_size: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
+
+
+@STRATEGIES.register("optuna")
+class OptunaStrategy(Strategy):
+    name = "optuna"
+
+    def __init__(self, space, objectives=None, seed: int = 0,
+                 sampler: str = "tpe",  # "tpe" or "nsga2"
+                 n_startup_trials: int = 10,  # TPE: random trials before the model (Optuna's default)
+                 population_size: int = 16,  # NSGA-II: Optuna's 50 would be most of a 100-trial job
+                 max_retries: int = 10,  # each retry is a sampler call (TPE: ~0.1 s); then a random unseen one
+                 **common: Any):
+        super().__init__(space, objectives, seed, max_retries=max_retries, **common)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
+        if n_startup_trials < 0 or population_size < 2:
+            raise ValueError("n_startup_trials must be >= 0 and population_size >= 2")
+        self._init = dict(objectives=objectives, seed=seed, sampler=sampler, n_startup_trials=n_startup_trials,
+                          population_size=population_size, max_retries=max_retries, **common)
+        self.sampler_name = sampler
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study = optuna.create_study(
+                directions=["maximize"] * len(self.objectives),
+                sampler=SAMPLERS[sampler](self.seed, n_startup_trials, population_size))
+        self._current: tuple[optuna.Trial, Genome] | None = None  # the proposal being considered
+        self._trial_of: dict[Genome, int] = {}  # pending genome -> Optuna trial number
+        self._values: dict[Genome, list[float]] = {}  # evaluated genome -> normalised values
+        self.events: list[Any] = []  # "ask" or a told observation, in order
+
+    # --- Optuna <-> genomes ---------------------------------------------------------------------
+    def _suggest(self, trial: optuna.Trial) -> Genome:
+        g = [0] * len(self.space.genes)
+        for i, gene in enumerate(self.space.genes):
+            if self.space.active(g)[i]:  # 'when' looks only at earlier genes, already set
+                g[i] = trial.suggest_categorical(gene.name, list(range(len(gene.choices))))
+        return tuple(g)
+
+    def _params(self, genome: Genome) -> dict[str, int]:
+        act = self.space.active(genome)
+        return {gene.name: genome[i] for i, gene in enumerate(self.space.genes) if act[i]}
+
+    def _propose(self) -> Sequence[int]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trial = self.study.ask()
+        self._current = (trial, self._suggest(trial))
+        return self._current[1]
+
+    def _rejected(self, genome: Genome) -> None:
+        trial, proposed = self._current
+        if proposed == genome and genome in self._values:
+            self.study.tell(trial, self._values[genome])  # the same point: its known values
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+        self._current = None
+
+    def _accepted(self, genome: Genome) -> None:
+        if self._current is not None and self._current[1] == genome:
+            trial = self._current[0]
+        else:  # repaired or a random fallback: make Optuna's trial carry the evaluated genome
+            if self._current is not None:
+                self.study.tell(self._current[0], state=TrialState.FAIL)
+            self.study.enqueue_trial(self._params(genome))
+            trial = self.study.ask()
+            if self._suggest(trial) != genome:
+                raise StrategyError("optuna did not honour an enqueued trial")  # a bug, not a user error
+        self._current = None
+        self._trial_of[genome] = trial.number
+
+    def ask(self) -> Candidate:
+        cand = super().ask()
+        self.events.append("ask")
+        return cand
+
+    def _observe(self, obs: Observation) -> None:
+        number = self._trial_of.pop(obs.genome)
+        if obs.ok:
+            self._values[obs.genome] = list(obs.values)
+            self.study.tell(number, list(obs.values))
+        else:
+            self.study.tell(number, state=TrialState.FAIL)
+        self.events.append(obs.to_json())
+
+    # --- state: the seed and the event log, replayed ---------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"sampler": self.sampler_name, "events": list(self.events)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION or state.get("strategy") != self.name:
+            raise StrategyError(f"state is for {state.get('strategy')} v{state.get('version')}, "
+                                f"not {self.name} v{STATE_VERSION}")
+        if state.get("space_hash") != self.space.hash:
+            raise StrategyError(f"state was made for space {state.get('space')!r}, not {self.space.name!r}")
+        if state["own"]["sampler"] != self.sampler_name or state["seed"] != self.seed:
+            raise StrategyError(f"state was made with sampler {state['own']['sampler']!r} and seed {state['seed']}, "
+                                f"this strategy has {self.sampler_name!r} and seed {self.seed}")
+        fresh = type(self)(self.space, **self._init)
+        for event in state["own"]["events"]:
+            if event == "ask":
+                fresh.ask()
+            else:
+                obs = Observation.from_json(event)
+                fresh._record(self.space.candidate(obs.genome).key, obs)
+        if [list(g) for g in fresh.asked] != state["asked"] or sorted(fresh.pending) != sorted(state["pending"]):
+            raise StrategyError("replaying the optuna state did not reproduce its asks "
+                                f"(was it made with another Optuna version? this is {optuna.__version__})")
+        self.__dict__.update(fresh.__dict__)
+
+
+@STRATEGIES.register("optuna-tpe")
+class OptunaTPE(OptunaStrategy):
+    """Optuna's (multi-objective) TPE sampler."""
+
+    name = "optuna-tpe"
+
+    def __init__(self, space, objectives=None, seed: int = 0, sampler: str = "tpe", **options: Any):
+        super().__init__(space, objectives, seed, sampler=sampler, **options)
+
+
+@STRATEGIES.register("optuna-nsga2")
+class OptunaNSGA2(OptunaStrategy):
+    """Optuna's NSGA-II sampler."""
+
+    name = "optuna-nsga2"
+
+    def __init__(self, space, objectives=None, seed: int = 0, sampler: str = "nsga2", **options: Any):
+        super().__init__(space, objectives, seed, sampler=sampler, **options)

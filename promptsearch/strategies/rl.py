@@ -1,0 +1,187 @@
+"""RL: an LSTM controller trained with REINFORCE (ENAS, Pham et al. 2018) on the scalarized reward.
+
+    python -c "from promptsearch.strategies import make_strategy; from promptsearch.space import load_space; s = make_strategy('rl', load_space('medical'), seed=0); print(s.ask().architecture)"
+
+The controller walks the genome gene by gene. A gene is one step when it is a real decision:
+active given the choices made so far (``when``) and with more than one choice; other genes take 0.
+At each step the LSTM reads the embedding of the previous step's choice (a learned start vector
+first), a per-gene linear head gives logits, and ENAS's sampling logits are used:
+``tanh_constant * tanh(logits / temperature)``. The space's constraint (``min_components``) is
+kept by masking "off" when the remaining components are all needed, so every sample is valid.
+
+Training is REINFORCE, one Adam step per ``batch_size`` new results (as they arrive, in any
+order): ``loss = -mean((r - b) * log p(genome)) - entropy_weight * mean(H)``, where ``b`` is an
+exponential moving average of rewards (started at the first batch's mean so early advantages are
+centred, not all positive). Log-probabilities are recomputed under the current controller, so
+only genomes and rewards are kept. The state holds the parameters, Adam's moments, the sampling
+generator, the baseline and the unused results: restore is exact.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import STRATEGIES, Genome, Observation, Strategy
+
+
+class Controller(nn.Module):
+    """LSTM policy over a genome: one step per decision, previous choice embedded as input."""
+
+    def __init__(self, cardinalities: Sequence[int], hidden: int):
+        super().__init__()
+        self.start = nn.Parameter(torch.zeros(1, hidden))  # (1, H) input of the first step
+        self.lstm = nn.LSTMCell(hidden, hidden)
+        self.embed = nn.ModuleList(nn.Embedding(k, hidden) for k in cardinalities)  # choice -> (H,)
+        self.heads = nn.ModuleList(nn.Linear(hidden, k) for k in cardinalities)  # (H,) -> (k,)
+        for p in self.parameters():  # ENAS: uniform(-0.1, 0.1)
+            nn.init.uniform_(p, -0.1, 0.1)
+        self.hidden = hidden
+
+
+def _tensor_to_json(t: torch.Tensor) -> dict[str, Any]:
+    """Exact and compact: the raw bytes, base64."""
+    t = t.detach().contiguous().cpu()
+    return {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
+            "b64": base64.b64encode(t.flatten().view(torch.uint8).numpy().tobytes()).decode()}
+
+
+def _tensor_from_json(d: Mapping[str, Any]) -> torch.Tensor:
+    raw = bytearray(base64.b64decode(d["b64"]))
+    flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+    return flat.view(getattr(torch, d["dtype"])).reshape(d["shape"]).clone()
+
+
+def _to_json(obj: Any) -> Any:
+    """Optimizer state (nested dicts/lists of tensors and numbers) -> JSON."""
+    if isinstance(obj, torch.Tensor):
+        return {"__tensor__": _tensor_to_json(obj)}
+    if isinstance(obj, Mapping):
+        return {"__map__": [[_to_json(k), _to_json(v)] for k, v in obj.items()]}
+    if isinstance(obj, list | tuple):
+        return [_to_json(x) for x in obj]
+    return obj
+
+
+def _from_json(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        if "__tensor__" in obj:
+            return _tensor_from_json(obj["__tensor__"])
+        return {_from_json(k): _from_json(v) for k, v in obj["__map__"]}
+    if isinstance(obj, list):
+        return [_from_json(x) for x in obj]
+    return obj
+
+
+@STRATEGIES.register("rl")
+class RLStrategy(Strategy):
+    name = "rl"
+
+    def __init__(self, space, objectives=None, seed: int = 0,
+                 hidden: int = 64,  # LSTM units (ENAS: 64 for the macro search)
+                 lr: float = 5e-3,  # Adam; higher than ENAS's 3.5e-4: we get hundreds of rewards, not tens of thousands
+                 batch_size: int = 4,  # results per policy update
+                 temperature: float = 5.0,  # ENAS: logits / 5 ...
+                 tanh_constant: float = 2.5,  # ... then 2.5 * tanh(.): no choice is ever ruled out
+                 entropy_weight: float = 1e-4,  # ENAS's entropy bonus
+                 baseline_decay: float = 0.95,  # EMA of rewards (ENAS: 0.99, for much longer runs)
+                 **common: Any):
+        super().__init__(space, objectives, seed, **common)
+        if not (hidden >= 1 and lr > 0 and batch_size >= 1 and temperature > 0 and tanh_constant > 0
+                and entropy_weight >= 0 and 0 <= baseline_decay < 1):
+            raise ValueError("rl options out of range: hidden>=1, lr>0, batch_size>=1, temperature>0, "
+                             "tanh_constant>0, entropy_weight>=0, 0<=baseline_decay<1")
+        self.lr, self.batch_size = lr, batch_size
+        self.temperature, self.tanh_constant = temperature, tanh_constant
+        self.entropy_weight, self.baseline_decay = entropy_weight, baseline_decay
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+            torch.manual_seed(self.seed)
+            self.controller = Controller(space.cardinalities, hidden)
+        self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=lr)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.baseline: float | None = None
+        self.buffer: list[tuple[Genome, float]] = []  # results not yet used for an update
+        self.updates = 0
+
+    # --- the policy ---------------------------------------------------------------------------
+    def _walk(self, genomes: Sequence[Sequence[int]] | None) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
+        """Sample one genome (``genomes=None``) or score a batch: (genomes, log p (B,), entropy (B,)).
+
+        Rows of a batch step together; a row with no decision at a gene keeps its LSTM state and
+        input, so each row sees exactly the computation it would see alone.
+        """
+        space, ctl = self.space, self.controller
+        sample = genomes is None
+        G = [[0] * len(space.genes)] if sample else [list(g) for g in genomes]
+        B = len(G)
+        x = ctl.start.expand(B, -1)  # (B, H) input of the first step
+        h = c = torch.zeros(B, ctl.hidden)  # (B, H)
+        logp = torch.zeros(B)
+        ent = torch.zeros(B)
+        for i, gene in enumerate(space.genes):
+            if len(gene.choices) < 2:
+                continue  # no decision
+            act = torch.tensor([space.active(g)[i] for g in G])  # (B,): 'when' looks only at earlier genes
+            if not act.any():
+                continue
+            h2, c2 = ctl.lstm(x, (h, c))  # (B, H)
+            logits = self.tanh_constant * torch.tanh(ctl.heads[i](h2) / self.temperature)  # (B, k)
+            if gene.is_component:  # "off" is impossible where every remaining component is needed
+                left = len(space.genes) - i - 1
+                must = torch.tensor([space.n_components_on(g[:i] + [0] * (len(g) - i)) + left < space.spec.min_components
+                                     for g in G])  # (B,)
+                logits = logits.masked_fill(torch.stack([must, torch.zeros_like(must)], 1), float("-inf"))
+            logprobs = torch.log_softmax(logits, -1)  # (B, k)
+            probs = logprobs.exp()
+            if sample:
+                G[0][i] = int(torch.multinomial(probs[0].detach(), 1, generator=self.generator))
+            choice = torch.tensor([g[i] for g in G])  # (B,)
+            step_ent = -(probs * torch.where(probs > 0, logprobs, torch.zeros_like(logprobs))).sum(-1)  # (B,)
+            logp = logp + torch.where(act, logprobs.gather(1, choice[:, None])[:, 0], 0.0)
+            ent = ent + torch.where(act, step_ent, 0.0)
+            keep = act[:, None]
+            x = torch.where(keep, ctl.embed[i](choice), x)  # (B, H): the choice feeds the next step
+            h, c = torch.where(keep, h2, h), torch.where(keep, c2, c)
+        return G, logp, ent
+
+    def _propose(self) -> Sequence[int]:
+        with torch.no_grad():
+            return self._walk(None)[0][0]
+
+    def _observe(self, obs: Observation) -> None:
+        self.buffer.append((obs.genome, obs.reward))
+        if len(self.buffer) >= self.batch_size:
+            self._update()
+
+    def _update(self) -> None:
+        batch, self.buffer = self.buffer, []
+        rewards = torch.tensor([r for _, r in batch])  # (n,)
+        mean = float(rewards.mean())
+        baseline = mean if self.baseline is None else self.baseline
+        _, logp, ent = self._walk([g for g, _ in batch])  # (n,), (n,)
+        loss = -((rewards - baseline) * logp).mean() - self.entropy_weight * ent.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.baseline = mean if self.baseline is None else self.baseline_decay * self.baseline + (1 - self.baseline_decay) * mean
+        self.updates += 1
+
+    # --- state --------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"controller": {k: _tensor_to_json(v) for k, v in self.controller.state_dict().items()},
+                "optimizer": _to_json(self.optimizer.state_dict()),
+                "generator": base64.b64encode(self.generator.get_state().numpy().tobytes()).decode(),
+                "baseline": self.baseline, "buffer": [[list(g), r] for g, r in self.buffer], "updates": self.updates}
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        self.controller.load_state_dict({k: _tensor_from_json(v) for k, v in state["controller"].items()})
+        self.optimizer.load_state_dict(_from_json(state["optimizer"]))
+        raw = base64.b64decode(state["generator"])
+        self.generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+        self.baseline = state["baseline"]
+        self.buffer = [(tuple(g), float(r)) for g, r in state["buffer"]]
+        self.updates = int(state["updates"])
