@@ -22,6 +22,8 @@ from promptsearch.strategies import STRATEGIES, StrategyError, make_strategy
 from promptsearch.trial import TrialResult
 
 NAMES = sorted(STRATEGIES)
+VARIANTS = [("evolution", {"steady_state": False, "population_size": 6}), ("optuna", {"sampler": "nsga2"}),
+            ("rl", {"batch_size": 1})]
 SPACES = list_spaces()
 
 
@@ -164,6 +166,20 @@ def test_every_proposal_valid_on_bundled_spaces(name, space):
     assert len(set(genomes)) == len(genomes)
 
 
+@pytest.mark.parametrize("name,options", VARIANTS, ids=[f"{n}-{next(iter(o))}" for n, o in VARIANTS])
+def test_option_variants_keep_the_contract(name, options):
+    space = load_space("medical")
+    a = make_strategy(name, space, seed=0, **options)
+    genomes = drive(a, 14, ahead=3, order="reverse", fail_every=4)
+    assert len(set(genomes)) == 14 and all(space.is_valid(g) for g in genomes)
+    in_flight = a.ask()
+    b = make_strategy(name, space, seed=0, **options)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    for s in (a, b):
+        s.tell(in_flight.key, result(in_flight))
+    assert drive(a, 8, ahead=2) == drive(b, 8, ahead=2)
+
+
 def test_make_strategy_errors():
     space = load_space("pixel")
     with pytest.raises(StrategyError, match="unknown strategy 'nope'"):
@@ -228,6 +244,12 @@ def test_evolution_keeps_the_front_and_aging_keeps_the_young():
             s.tell(c.key, res(c))
         assert len(s.population) == 8
     assert sorted(ind["birth"] for ind in aged.population) == list(range(32, 40))
+    gen = make_strategy("evolution", space, seed=0, population_size=8, steady_state=False)
+    for i in range(30):
+        c = gen.ask()
+        gen.tell(c.key, res(c))
+        assert len(gen.population) == 8 or i < 7
+        assert len(gen.offspring) == max(0, i + 1 - 8) % 8  # replaced once a generation is in
     # NSGA-II survival never drops a non-dominated result seen so far
     told = [o for o in nsga.told if o.ok]
     vals = np.array([o.values for o in told])

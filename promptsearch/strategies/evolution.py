@@ -2,10 +2,13 @@
 
     python -c "from promptsearch.strategies import make_strategy; from promptsearch.space import load_space; s = make_strategy('evolution', load_space('medical'), seed=0); print(s.ask().architecture)"
 
-Asynchronous (steady state): there are no generations to wait for. Until ``population_size``
-results are in, ``ask`` samples uniformly; after that every ``ask`` breeds one child from the
-current population, and every ``tell`` inserts the result and, above ``population_size``,
-removes one individual:
+Asynchronous: ``ask`` never waits for anything. Until ``population_size`` results are in it
+samples uniformly; after that every ``ask`` breeds one child from the current population.
+With ``steady_state=True`` (default) every ``tell`` inserts the result and, above
+``population_size``, removes one individual at once; with ``steady_state=False`` (classic
+generational NSGA-II, (mu + lambda)) results collect as offspring and the population is
+replaced once ``population_size`` of them are in — workers still never idle, children are bred
+from the last complete generation. Which individual goes:
 
 * ``aging=False`` (default, NSGA-II): DEAP's ``selNSGA2`` keeps the best ``population_size``
   by Pareto rank then crowding distance (multi-objective, no scalarization);
@@ -60,6 +63,7 @@ class EvolutionStrategy(Strategy):
                  crossover_prob: float = 0.9,  # NSGA-II's usual setting
                  mutation_rate: float | None = None,  # per active gene; None = 1 / active genes
                  aging: bool = False,  # True = regularized evolution (oldest dies)
+                 steady_state: bool = True,  # False = generational (mu + lambda) replacement
                  **common: Any):
         super().__init__(space, objectives, seed, **common)
         if not (population_size >= 2 and tournament_size >= 1 and 0 <= crossover_prob <= 1
@@ -68,7 +72,9 @@ class EvolutionStrategy(Strategy):
                              "0<=crossover_prob<=1, 0<=mutation_rate<=1")
         self.population_size, self.tournament_size = population_size, tournament_size
         self.crossover_prob, self.mutation_rate, self.aging = crossover_prob, mutation_rate, aging
+        self.steady_state = steady_state
         self.population: list[dict[str, Any]] = []  # {"genome", "values", "birth"}, insertion order
+        self.offspring: list[dict[str, Any]] = []  # generational mode: results of this generation
         self.births = 0
         # a local fitness class (all objectives maximised after normalisation); never pickled
         self._fitness = type("Fitness", (base.Fitness,), {"weights": (1.0,) * len(self.objectives)})
@@ -103,25 +109,34 @@ class EvolutionStrategy(Strategy):
     def _observe(self, obs: Observation) -> None:
         if not obs.ok:
             return  # failed trials never breed
-        self.population.append({"genome": list(obs.genome), "values": list(obs.values), "birth": self.births})
+        ind = {"genome": list(obs.genome), "values": list(obs.values), "birth": self.births}
         self.births += 1
-        if len(self.population) <= self.population_size:
-            return
+        if self.steady_state or len(self.population) < self.population_size:
+            self.population.append(ind)
+        else:
+            self.offspring.append(ind)
+            if len(self.offspring) < self.population_size:
+                return
+            self.population, self.offspring = self.population + self.offspring, []
+        if len(self.population) > self.population_size:
+            self.population = self._survivors(self.population)
+
+    def _survivors(self, pool: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The ``population_size`` that live on: the youngest (aging), or NSGA-II's best."""
         if self.aging:
-            oldest = min(range(len(self.population)), key=lambda k: self.population[k]["birth"])
-            del self.population[oldest]
-            return
-        holders = [SimpleNamespace(fitness=self._fitness(tuple(ind["values"])), k=k)
-                   for k, ind in enumerate(self.population)]
+            young = sorted(range(len(pool)), key=lambda k: pool[k]["birth"])[-self.population_size:]
+            return [pool[k] for k in sorted(young)]
+        holders = [SimpleNamespace(fitness=self._fitness(tuple(ind["values"])), k=k) for k, ind in enumerate(pool)]
         keep = {h.k for h in tools.selNSGA2(holders, self.population_size)}
-        self.population = [ind for k, ind in enumerate(self.population) if k in keep]
+        return [ind for k, ind in enumerate(pool) if k in keep]
 
     # --- state --------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        return {"population": self.population, "births": self.births}
+        return {"population": self.population, "offspring": self.offspring, "births": self.births}
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
         self.population = [dict(ind) for ind in state["population"]]
+        self.offspring = [dict(ind) for ind in state["offspring"]]
         self.births = int(state["births"])
 
 
