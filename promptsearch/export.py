@@ -42,6 +42,14 @@ class ExportError(ValueError):
     """A bundle that cannot be written or loaded; the message says what is missing and what to do."""
 
 
+class NothingToExport(ExportError):
+    """The job (or the trial asked for) has no completed trial with weights yet."""
+
+
+class UnknownTrial(ExportError):
+    """No such trial in the job."""
+
+
 # --- the config schema ---------------------------------------------------------------------------
 class BackboneRecord(BaseModel):
     """The frozen backbone: enough to rebuild it and to find its weights again (they are not bundled)."""
@@ -441,3 +449,80 @@ def write_trial_bundle(out: str | Path, *, candidate: Any, result: Any, data: An
                         origin={"status": result.status, "epochs": result.epochs, "steps": result.steps,
                                 "wall_time_s": round(result.wall_time_s, 3), **(origin or {})},
                         zip_path=zip_path)
+
+
+# --- a job's trial -> a bundle ------------------------------------------------------------------
+def _dataset_meta(dataset: str, data_root: str | None) -> dict[str, Any]:
+    """Task, classes, channels and stored size of a job's dataset: MedMNIST's catalogue when it is
+    a MedMNIST name (no arrays loaded), else the dataset itself."""
+    try:
+        from medmnist import INFO
+    except ImportError:  # pragma: no cover - medmnist is a dependency
+        INFO = {}
+    flag = dataset.lower()
+    if flag in INFO and "3d" not in flag:
+        info = INFO[flag]
+        task = "multi-label" if info["task"].startswith("multi-label") else info["task"]
+        return {"task": task, "classes": [info["label"][k] for k in sorted(info["label"], key=int)],
+                "channels": int(info["n_channels"]), "size": 28,
+                "record": {"name": flag, "source": f"{flag}.npz (MedMNIST v2, 28 px)", "task": task,
+                           "splits": dict(info["n_samples"])}}
+    from .data import load_dataset
+
+    data = load_dataset(dataset, root=data_root)
+    return {"task": data.task, "classes": data.classes, "channels": data.channels,
+            "size": int(data.train.images.shape[-1]), "record": dataset_record(data)}
+
+
+def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path = "exported",
+               zip_path: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """Bundle one completed trial of a job: ``pick`` is ``knee``, ``best:<objective>[ where ...]``
+    (:func:`promptsearch.objectives.pick`) or ``trial=<trial id>``. Returns (folder, info)."""
+    from . import coordinator
+    from .jobs import JobError, JobSpec
+    from .objectives import ObjectiveError
+    from .objectives import pick as pick_trial
+
+    ws = workspace if isinstance(workspace, coordinator.Workspace) else coordinator.Workspace(workspace)
+    try:
+        job_id = ws.resolve(job_id)
+    except JobError as e:
+        raise ExportError(str(e)) from None
+    job = ws.read_job(job_id)
+    spec = JobSpec.model_validate(job["spec"])
+    objectives = spec.objective_list
+    trials = coordinator.job_trials(ws, job_id)
+    if not any(t["status"] == "completed" for t in trials):
+        raise NothingToExport(f"job {job_id} has no finished trial to export yet "
+                          f"({len(trials)} trial(s): {', '.join(sorted({t['status'] for t in trials})) or 'none started'})")
+    if pick.startswith("trial="):
+        wanted = pick.removeprefix("trial=").strip()
+        hits = [t for t in trials if t["trial_id"] == wanted]
+        if not hits:
+            raise UnknownTrial(f"job {job_id} has no trial {wanted!r}")
+        trial = hits[0]
+        if trial["status"] != "completed":
+            raise NothingToExport(f"trial {wanted} of job {job_id} is {trial['status']}, not completed: nothing to export")
+    else:
+        try:
+            trial = trials[pick_trial(trials, objectives, pick)]
+        except ObjectiveError as e:
+            raise ExportError(f"job {job_id}: {e}") from None
+    weights = trial.get("weights")
+    if not weights or not Path(weights).exists():
+        raise NothingToExport(f"trial {trial['trial_id']} of job {job_id} has no saved prompt weights")
+    space = SearchSpace(SpaceFile.model_validate(job["space"]), f"job {job_id}")
+    meta = _dataset_meta(spec.dataset, spec.data_root)
+    clean = lambda m: {k: v for k, v in (m or {}).items() if v is not None}  # noqa: E731
+    origin = {"job_id": job_id, "trial_id": trial["trial_id"], "pick": pick, "strategy": spec.strategy,
+              "status": trial["status"], "epochs": len(trial.get("history") or []),
+              "wall_time_s": trial.get("wall_time_s"), "mlflow_run_id": trial.get("mlflow_run_id")}
+    folder = write_bundle(out, space=space, genome=trial["candidate"]["genome"], weights=weights,
+                          backbone=spec.backbone.spec(), task=meta["task"], classes=meta["classes"],
+                          input_channels=meta["channels"], input_size=meta["size"], metrics=clean(trial["metrics"]),
+                          test_metrics=clean(trial.get("test_metrics")), dataset=meta["record"],
+                          budget=spec.budget.model_dump(mode="json"), seed=int(trial.get("seed", spec.seed)),
+                          objectives=[o.model_dump(mode="json") for o in objectives], origin=origin, zip_path=zip_path)
+    return folder, {"trial_id": trial["trial_id"], "job_id": job_id, "pick": pick, "folder": str(folder),
+                    "zip": str(zip_path) if zip_path else None, "architecture": trial["candidate"]["architecture"],
+                    "metrics": clean(trial["metrics"])}
