@@ -19,6 +19,7 @@ prompt (components + fusion) and a new linear head.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,16 +280,33 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], skip_prefixes: 
     model.load_state_dict(state, strict=False)
 
 
+def weights_geometry(weights: str | Path | None) -> dict[str, int]:
+    """Image/patch size recorded beside a weights file made by ``promptsearch pretrain`` (its
+    ``.json`` sidecar), so ``--backbone-weights FILE`` alone builds the ViT it was trained as."""
+    sidecar = Path(weights).with_suffix(".json") if weights else None
+    if sidecar is None or not sidecar.is_file():
+        return {}
+    try:
+        doc = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return {}
+    if doc.get("format") != "promptsearch-backbone":
+        return {}
+    return {k: v for k, v in doc.get("backbone", {}).items() if k in ("image_size", "patch_size") and v}
+
+
 @BACKBONE_SOURCES.register("timm")
 def _timm_backbone(spec: BackboneSpec, name: str) -> Backbone:
     import timm
     from timm.layers import resample_abs_pos_embed
 
     kwargs = dict(spec.kwargs)
-    if spec.image_size:
-        kwargs["img_size"] = spec.image_size
-    if spec.patch_size:
-        kwargs["patch_size"] = spec.patch_size
+    made = weights_geometry(spec.weights)  # explicit sizes win; the sidecar fills the gaps
+    image_size, patch_size = spec.image_size or made.get("image_size"), spec.patch_size or made.get("patch_size")
+    if image_size:
+        kwargs["img_size"] = image_size
+    if patch_size:
+        kwargs["patch_size"] = patch_size
     try:
         model = timm.create_model(name, pretrained=spec.pretrained, num_classes=0, **kwargs)
     except TypeError as e:  # a CNN given img_size/patch_size
@@ -307,7 +325,7 @@ def _timm_backbone(spec: BackboneSpec, name: str) -> Backbone:
         classifiers = tuple(classifier) if isinstance(classifier, (list, tuple)) else (classifier,)
         _load_into(model, state, tuple(f"{c}." for c in classifiers) + ("head.", "fc."), spec.weights)
     cfg = model.pretrained_cfg
-    size = spec.image_size or (cfg.get("input_size", (3, 224, 224))[-1])
+    size = image_size or (cfg.get("input_size", (3, 224, 224))[-1])
     is_vit = all(hasattr(model, a) for a in ("patch_embed", "blocks", "_pos_embed", "num_prefix_tokens", "forward_head"))
     return Backbone(model, model.num_features, size, tuple(cfg.get("mean", IMAGENET_MEAN)),
                     tuple(cfg.get("std", IMAGENET_STD)), is_vit)
