@@ -172,7 +172,7 @@ def _images_hash(*splits: Split) -> str:
     return h.hexdigest()
 
 
-def load_image_folder(path: str | Path, size: int, seed: int = 0, val_fraction: float = 0.1) -> Split | tuple[Split, Split]:
+def load_image_folder(path: str | Path, size: int, seed: int = 0, val_fraction: float = 0.1) -> tuple[Split, Split]:
     """Every image under ``path`` (flat, or in any sub-folders), resized to size x size, split
     train/val by a seed; labels are all zero. For self-supervised modes on unlabeled folders."""
     from PIL import Image, UnidentifiedImageError
@@ -618,6 +618,8 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, data_root: str | Path 
     """
     hooks = hooks or PretrainHooks()
     out_dir = Path(out_dir)
+    if stop_after is not None and stop_after < 1:
+        raise PretrainError(f"stop_after must be at least 1 epoch, got {stop_after}")
     mode = PRETRAIN_MODES.get_or_raise(config.mode)
     if config.backbone.startswith("torchvision:"):
         raise PretrainError("pretrain makes timm backbones (e.g. vit_tiny_patch16_224); torchvision models "

@@ -149,7 +149,10 @@ def test_bad_inputs_give_clear_errors(tmp_path, data_root, mobilenet_weights):
         pretrain(tiny("mae", datasets=("lungmnist",)), tmp_path / "o5", data_root=data_root)
 
 
-def test_weights_of_another_geometry_are_refused_clearly(small_run):
+def test_sidecar_geometry_is_the_default_and_another_geometry_is_refused_clearly(small_run):
+    b = build_backbone(BackboneSpec("vit_tiny_patch16_224", weights=small_run.weights))  # no sizes given
+    assert b.image_size == 28 and tuple(b.model.patch_embed.patch_size) == (4, 4)
+    assert torch.equal(b.model.pos_embed, load_file(small_run.weights)["pos_embed"])
     with pytest.raises(ValueError, match="image/patch size"):
         build_backbone(BackboneSpec("vit_tiny_patch16_224", image_size=28, patch_size=7, weights=small_run.weights))
 
