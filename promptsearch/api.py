@@ -231,14 +231,31 @@ def _status(workspace: Path, job_id: str) -> dict[str, Any]:
 
 # --- request and response models ----------------------------------------------------------------
 class JobRequest(BaseModel):
-    """A job submitted over HTTP: the job file's fields as JSON. Unset fields come from the
-    server's job defaults; ``space`` is a name in ``search_spaces/`` or an inline space document."""
+    """A job submitted over HTTP: the job file's fields as JSON (``promptsearch search`` reads the
+    same fields from YAML). Unset fields come from the server's job defaults. ``space``: a name in
+    ``search_spaces/`` or an inline space document. Paths and addresses (``data_root``,
+    ``tracking_uri``, ``ray_address``, ``backbone.weights``) are the server's to set."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
+        {"name": "breast", "space": "pixel", "dataset": "breastmnist", "strategy": "evolution", "trials": 12,
+         "budget": {"epochs": 3, "max_train_samples": 256}, "objectives": ["auc", "worst_class_recall", "prompt_params"]}]})
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    space: str | dict[str, Any] | None = None
-    dataset: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="prefix of the job id")
+    description: str | None = None
+    space: str | dict[str, Any] | None = Field(None, description="space name, or the space document inline")
+    fix: dict[str, Any] | None = Field(None, description="decisions to pin, e.g. {\"module\": \"pixel\"}")
+    dataset: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="a MedMNIST name (2D)")
+    backbone: dict[str, Any] | None = Field(None, description="name, image_size, patch_size")
+    budget: dict[str, Any] | None = Field(None, description="training of one trial: epochs, batch_size, max_train_samples, ...")
+    strategy: str | None = None
+    strategy_options: dict[str, Any] | None = None
+    objectives: list[str | dict[str, Any]] | None = None
+    scalarization: dict[str, Any] | None = None
+    trials: int | None = None
+    concurrency: int | None = None
+    resources: dict[str, Any] | None = Field(None, description="per trial: cpu, gpu (fractions share a device)")
+    seed: int | None = None
+    max_failures: int | None = None
 
 
 class JobSummary(BaseModel):
@@ -520,6 +537,10 @@ def _job_spec(req: JobRequest, settings: Settings):
         raise HTTPException(422, f"{', '.join(server_only)}: set by the server's job defaults "
                                  "(promptsearch serve --job-defaults FILE), not by a request")
     defaults = settings.job_defaults
+    if "dataset" in body and body["dataset"] != defaults.get("dataset") and body["dataset"] not in _medmnist_2d():
+        # a name that is not MedMNIST's would be read as a folder path by load_dataset
+        raise HTTPException(422, f"dataset: {body['dataset']!r} is not a MedMNIST 2D dataset "
+                                 f"({', '.join(_medmnist_2d())}) nor the server's default dataset")
     if backbone.get("name") and backbone["name"] != defaults.get("backbone", {}).get("name", backbone["name"]) \
             and defaults.get("backbone", {}).get("weights"):
         raise HTTPException(422, f"backbone.name: this server has weights for {defaults['backbone']['name']!r} only")
@@ -545,17 +566,18 @@ def _job_spec(req: JobRequest, settings: Settings):
     return spec
 
 
+def _medmnist_2d() -> list[str]:
+    from medmnist import INFO
+
+    return sorted(k for k in INFO if "3d" not in k)
+
+
 def _meta(settings: Settings) -> dict[str, Any]:
     from .objectives import DEFAULT_OBJECTIVES, KNOWN_OBJECTIVES
     from .space import list_spaces
     from .strategies import STRATEGIES
 
-    try:
-        from medmnist import INFO
-
-        datasets = sorted(k for k in INFO if "3d" not in k)
-    except ImportError:
-        datasets = []
+    datasets = _medmnist_2d()
     d = settings.job_defaults
     public = {k: v for k, v in d.items() if k not in SERVER_FIELDS}  # no server paths in the answer
     if "backbone" in public:
@@ -635,7 +657,8 @@ def _trials(ws: Path, job_id: str) -> list[TrialOut]:
             test_metrics={k: v for k, v in (r.get("test_metrics") or {}).items() if v is not None},
             wall_time_s=r.get("wall_time_s"), started=_iso(r.get("started_at")), finished=_iso(r.get("finished_at")),
             on_front=rank_of.get(i) == 0, rank=rank_of.get(i), requeued_from=r.get("requeued_from"),
-            node_id=r.get("node_id"), mlflow_run_id=r.get("mlflow_run_id"), has_weights=bool(r.get("weights"))))
+            node_id=r.get("node_id"), mlflow_run_id=r.get("mlflow_run_id"), has_weights=bool(r.get("weights")),
+            epochs_done=len(r.get("history") or [])))
     return out
 
 

@@ -363,14 +363,16 @@ def _backbone_spec(cfg: BundleConfig, backbone_weights: str | Path | None) -> Ba
     return rec.spec()
 
 
-def load_exported(path: str | Path, backbone_weights: str | Path | None = None) -> PromptedModel:
+def load_exported(path: str | Path, backbone_weights: str | Path | None = None,
+                  device: str | torch.device | None = None) -> PromptedModel:
     """Rebuild the exported model (eval mode) from a bundle folder or zip.
 
         python -c "import promptsearch; m = promptsearch.load_exported('exported/'); print(m.bundle.classes)"
 
     The backbone comes from the recorded spec (its local weights file, or the hub if it was
     ``pretrained``) unless ``backbone_weights`` names a local file (checked against the recorded
-    sha256). The returned model carries the bundle's config as ``model.bundle``.
+    sha256). ``device``: where to put the model (default CPU). The returned model carries the
+    bundle's config as ``model.bundle``.
     """
     cfg, state = _read_bundle(path)
     _check_state(cfg, state)
@@ -381,6 +383,8 @@ def load_exported(path: str | Path, backbone_weights: str | Path | None = None) 
     model = build_prompted_model(arch, build_backbone(spec), cfg.num_outputs)
     model.load_trainable_state_dict(state)
     model.eval()
+    if device is not None:
+        model.to(device)
     model.bundle = cfg
     return model
 
@@ -410,7 +414,7 @@ def read_images(paths: Sequence[str | Path], channels: int, size: int | None) ->
 def predict_files(model: PromptedModel, paths: Sequence[str | Path]) -> list[dict[str, float]]:
     """Class probabilities for image files, one ``{class: probability}`` per file."""
     cfg: BundleConfig = model.bundle
-    x = read_images(paths, cfg.input.channels, cfg.input.size)
+    x = read_images(paths, cfg.input.channels, cfg.input.size).to(next(model.parameters()).device)
     logits = model(x)  # (N, K)
     probs = torch.sigmoid(logits) if cfg.task == "multi-label" else torch.softmax(logits, -1)
     return [dict(zip(cfg.classes, map(float, row))) for row in probs]

@@ -213,6 +213,10 @@ async function showJob(id) {
       renderTimeline();
       renderTable();
       renderSelected();
+    } else if (ACTIVE.has(job.status)) {
+      state.trials = page.trials;  // epochs move on: refresh what shows progress
+      renderTimeline();
+      renderTable();
     }
     if (ACTIVE.has(job.status) && location.hash === "#/jobs/" + id) timer = setTimeout(() => showJob(id), POLL_MS);
   } catch (e) {
@@ -231,6 +235,7 @@ function renderJobHead(job) {
     <div><b>${job.failed}</b><span>failed</span></div>
     <div><b>${fmt(job.hypervolume)}</b><span>hypervolume</span></div>`;
   $("#cancel-job").disabled = !ACTIVE.has(job.status);
+  $("#export-knee").disabled = !(job.completed > 0);
   $("#resume-job").disabled = !["failed", "cancelled", "interrupted"].includes(job.status);
 }
 
@@ -323,6 +328,7 @@ function renderPareto() {
     xaxis: {title: {text: `${xName} ${arrow(ox)}`}, type: ox.scale === "log" ? "log" : "linear", zeroline: false},
     yaxis: {title: {text: `${yName} ${arrow(oy)}`}, type: oy.scale === "log" ? "log" : "linear", zeroline: false},
     legend: {orientation: "h", y: -0.2}, clickmode: "event",
+    annotations: pts.length ? [] : [{text: "no finished trial yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: {size: 16, color: "#888"}}],
   };
   const div = $("#pareto");
   div.dataset.points = String(pts.length);
@@ -344,7 +350,9 @@ function renderHypervolume() {
   Plotly.react("hv-plot", [{type: "scatter", mode: "lines+markers", x: curve.map((p) => p.n), y: curve.map((p) => p.hypervolume),
     customdata: curve.map((p) => p.trial_id), hovertemplate: "after %{x} trial(s): %{y:.4f}<br>trial %{customdata}<extra></extra>",
     line: {shape: "hv", color: "#2ca02c"}}],
-  {margin: {l: 55, r: 10, t: 10, b: 40}, xaxis: {title: {text: "finished trials"}}, yaxis: {title: {text: "hypervolume"}, rangemode: "tozero"}},
+  {margin: {l: 55, r: 10, t: 10, b: 40}, xaxis: {title: {text: "finished trials"}, rangemode: "tozero"},
+    yaxis: {title: {text: "hypervolume"}, rangemode: "tozero"},
+    annotations: curve.length ? [] : [{text: "no finished trial yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: {color: "#888"}}]},
   {displaylogo: false, responsive: true});
 }
 
@@ -398,7 +406,7 @@ function renderTable() {
   $("#trials-table tbody").innerHTML = rows.map((t) => `<tr data-trial="${esc(t.trial_id)}" class="${t.trial_id === state.selected ? "selected" : ""}">` +
     cols.map((c) => {
       const v = c.get(t);
-      if (c.key === "status") return `<td>${badge(v)}${t.reason ? ` <span class="muted small" title="${esc(t.reason)}">${esc(t.reason.split("\n")[0].slice(0, 60))}</span>` : ""}</td>`;
+      if (c.key === "status") return `<td>${badge(v)}${v === "running" ? ` <span class="muted small">epoch ${t.epochs_done}/${state.job.spec?.budget?.epochs ?? "?"}</span>` : ""}${t.reason ? ` <span class="muted small" title="${esc(t.reason)}">${esc(t.reason.split("\n")[0].slice(0, 60))}</span>` : ""}</td>`;
       if (c.key === "on_front") return `<td>${v ? "\u2605" : ""}</td>`;
       return `<td>${esc(fmt(v))}</td>`;
     }).join("") + "</tr>").join("");
