@@ -100,6 +100,7 @@ class JobRunner:
         self.queue: collections.deque[str] = collections.deque()
         self.procs: dict[str, subprocess.Popen] = {}
         self.resume_cancelled: set[str] = set()  # jobs the user asked to resume after a cancel
+        self.exits: dict[str, int] = {}  # job id -> exit code of its last process
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
@@ -142,6 +143,7 @@ class JobRunner:
     def enqueue(self, job_id: str, resume_cancelled: bool = False) -> None:
         """Queue a job; one whose previous process is still exiting waits for it."""
         with self.lock:
+            self.exits.pop(job_id, None)
             if job_id not in self.queue:
                 self.queue.append(job_id)
                 if resume_cancelled:
@@ -192,11 +194,15 @@ class JobRunner:
             self.stopping.wait(self.s.poll_s)
 
     def _tick(self) -> None:
+        from . import coordinator
+
         with self.lock:
             for job_id, p in list(self.procs.items()):
                 if p.poll() is not None:
                     del self.procs[job_id]
                     log.info("job %s process exited with code %s", job_id, p.returncode)
+                    if p.returncode and not coordinator.coordinator_alive(coordinator.Workspace(self.s.workspace), job_id):
+                        self.exits[job_id] = p.returncode  # (exit 2 with a live lock: another coordinator runs it)
             for job_id in list(self.queue):
                 if len(self.procs) >= self.s.max_jobs or self.stopping.is_set():
                     break
@@ -596,14 +602,18 @@ def _summary(st: dict[str, Any], runner: JobRunner | None = None) -> JobSummary:
     t = st.get("trials", {})
     status = st["status"]
     job_id = st["job_id"]
-    queued_here = runner is not None and job_id in runner.queued()
-    if st.get("interrupted") and not queued_here and not (runner and job_id in runner.running()):
+    message = st.get("message")
+    here = runner is not None and (job_id in runner.queued() or job_id in runner.running())
+    code = runner.exits.get(job_id) if runner is not None else None
+    if status in ("queued", "running") and not here and (st.get("interrupted") or code):
         status = "interrupted"  # its coordinator is gone: POST /jobs/{id}/resume continues it
+        if code:
+            message = f"the job's process exited with code {code} (see jobs/{job_id}/service.log); resume it"
     return JobSummary(id=job_id, name=st.get("name"), status=status, space=st.get("space"), dataset=st.get("dataset"),
                       strategy=st.get("strategy"), trials=t.get("requested", 0), done=t.get("finished", 0),
                       running=t.get("running", 0), failed=t.get("failed", 0), hypervolume=st.get("hypervolume"),
                       best={k: v for k, v in (st.get("best") or {}).items() if v is not None},
-                      message=st.get("message"), completed=t.get("completed", 0), preempted=t.get("preempted", 0),
+                      message=message, completed=t.get("completed", 0), preempted=t.get("preempted", 0),
                       created_at=st.get("created_at"), finished_at=st.get("finished_at"),
                       backbone=st.get("backbone"), concurrency=st.get("concurrency"))
 
