@@ -215,7 +215,7 @@ def _ws(workspace: Workspace | str | Path | None) -> Workspace:
 
 # --- the coordinator lock ----------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _job_lock(ws: Workspace, job_id: str, wait_s: float = 5.0) -> Iterator[None]:
+def _job_lock(ws: Workspace, job_id: str, wait_s: float = 2.0) -> Iterator[None]:
     """Held by the one coordinator running a job (released by the OS if it is killed)."""
     path = ws.job_dir(job_id) / "coordinator.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -395,8 +395,9 @@ def run_job(workspace: Workspace | str | Path | None, job_id: str, progress: Pro
 
 # --- the loop ------------------------------------------------------------------------------------------------
 class SearchLoop:
-    """One coordinator run of one job: the strategy, the records, MLflow. Knows no Ray types; the
-    adapters below translate Tune's calls into :meth:`ask`, :meth:`epoch`, :meth:`tell`."""
+    """One coordinator run of one job: the strategy, the records, MLflow. Knows no Tune types: the
+    adapters in :mod:`promptsearch.tune_adapter` translate Tune's calls into :meth:`ask`,
+    :meth:`epoch`, :meth:`tell` (and :meth:`should_stop`, :meth:`error_reason`)."""
 
     def __init__(self, ws: Workspace, job_id: str, progress: Progress | None = None):
         from .space import SearchSpace, SpaceFile
@@ -438,7 +439,10 @@ class SearchLoop:
             self.state.strategy_state = self.strategy.state_dict()
         self.ws.write_state(self.state)
         if self.progress is not None:
-            self.progress(_summary(self.job, self.state, True))
+            try:
+                self.progress(_summary(self.job, self.state, True))
+            except Exception as e:  # noqa: BLE001 - a display must not stop the job
+                log.warning("progress callback failed: %s", e)
 
     def _track(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """MLflow calls never take a job down: a failure is logged and counted."""
@@ -536,10 +540,16 @@ class SearchLoop:
         started = _init_ray(self.ws, address)
         log.info("ray ready in %.1f s", time.perf_counter() - t0)
         try:
+            nodes = [n for n in ray.nodes() if n["Alive"]]
             self.state.coordinator["nodes"] = [
-                {"node_id": n["NodeID"], "ip": n["NodeManagerAddress"], "resources": n["Resources"]}
-                for n in ray.nodes() if n["Alive"]]
+                {"node_id": n["NodeID"], "ip": n["NodeManagerAddress"], "resources": n["Resources"]} for n in nodes]
             self._save()
+            need = self.spec.resources
+            if not any(n["Resources"].get("CPU", 0) >= need.cpu and n["Resources"].get("GPU", 0) >= need.gpu for n in nodes):
+                have = ", ".join(f"{n['NodeManagerAddress']}: {n['Resources'].get('CPU', 0):g} CPU "
+                                 f"{n['Resources'].get('GPU', 0):g} GPU" for n in nodes)
+                raise JobError(f"no Ray node can run a trial: each needs {need.cpu:g} CPU and {need.gpu:g} GPU "
+                               f"(resources in the job); the cluster has {have}")
             remaining = self.spec.trials - self.finished
             payload = self._payload()
             from workers.trainable import train_trial
@@ -589,7 +599,7 @@ class SearchLoop:
             st.message = f"interrupted after {self.finished} of {self.spec.trials} trials; `promptsearch resume` continues it"
         else:
             st.status = "failed"
-            st.message = f"coordinator error: {type(error).__name__}: {error}"
+            st.message = str(error) if isinstance(error, JobError) else f"coordinator error: {type(error).__name__}: {error}"
         st.finished_at = time.time()
         st.coordinator = {**(st.coordinator or {}), "ended_at": time.time()}
         self._end_tracking()

@@ -18,7 +18,6 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-
 from .common import console, fail, print_json
 
 # tables stay readable in logs and CI (a non-terminal console would default to 80 columns)
