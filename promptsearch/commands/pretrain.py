@@ -111,7 +111,7 @@ def pretrain(
     t.add_column("metric"), t.add_column("value", justify="right")
     for k, v in result.metrics.items():
         t.add_row(k, f"{v:.4g}")
-    t.add_row("epochs (this call from)", f"{result.epochs_done} (from {result.start_epoch})")
+    t.add_row("epochs", f"{result.epochs_done} (this call from epoch {result.start_epoch})")
     t.add_row("wall time (s)", f"{result.wall_time_s:.0f}")
     t.add_row("peak RSS (MB)", f"{result.peak_rss_mb:.0f}")
     console.print(t)
