@@ -28,10 +28,10 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -215,6 +215,20 @@ class TableOracle:
         return TrialResult(candidate=cand.to_json(), status="completed", metrics=metrics)
 
 
+def parse_label(label: str) -> tuple[str, dict]:
+    """``evolution[population_size=8,aging=true]`` -> ("evolution", {...}); values are YAML scalars."""
+    import yaml
+
+    m = re.fullmatch(r"([\w-]+)(?:\[(.*)\])?", label)
+    if not m:
+        raise typer.BadParameter(f"cannot read strategy {label!r}: write name or name[key=value,...]")
+    options = {}
+    for part in filter(None, (m[2] or "").split(",")):
+        k, _, v = part.partition("=")
+        options[k.strip()] = yaml.safe_load(v)
+    return m[1], options
+
+
 def run_one(args: tuple[str, int, int, str, int]) -> tuple[str, int, list[float], float, tuple[int, int]]:
     """One strategy, one seed: the hypervolume after each trial."""
     import torch
@@ -225,7 +239,8 @@ def run_one(args: tuple[str, int, int, str, int]) -> tuple[str, int, list[float]
     torch.set_num_threads(1)
     space = bench_space()
     oracle = TableOracle(read_rows(Path(table)), space, image_size)
-    strategy = make_strategy(name, space, BENCH_OBJECTIVES, seed=seed)
+    base, options = parse_label(name)
+    strategy = make_strategy(base, space, BENCH_OBJECTIVES, seed=seed, **options)
     results, curve = [], []
     t0 = time.process_time()
     for _ in range(budget):
@@ -260,7 +275,8 @@ def spread_summary(rows: list[dict[str, str]]) -> dict[str, float]:
 def replay(table: Path = typer.Option(DEFAULT_TABLE, help="The recorded table (see `record`)."),
            seeds: int = typer.Option(20, help="Seeds per strategy."),
            budget: int = typer.Option(max(BUDGETS), help="Trials per run (figures at 25/50/100)."),
-           strategies: str = typer.Option(",".join(REPLAY_STRATEGIES), help="Comma-separated registry names."),
+           strategies: str = typer.Option(",".join(REPLAY_STRATEGIES),
+                                          help="Comma-separated registry names, each optionally name[key=value,...]."),
            image_size: int = typer.Option(32, help="The working size the table was recorded at."),
            jobs: int = typer.Option(1, help="Worker processes."),
            out_dir: Path = typer.Option(HERE / "results", help="Where the summary, curves and plot go.")) -> None:
@@ -276,7 +292,7 @@ def replay(table: Path = typer.Option(DEFAULT_TABLE, help="The recorded table (s
     table_values = [{"status": "completed", "metrics": {"auc": float(r["auc"]), "worst_class_recall": float(r["worst_class_recall"]),
                                                          "prompt_params": float(r["prompt_params"])}} for r in done]
     spread = spread_summary(rows)
-    names = [n.strip() for n in strategies.split(",") if n.strip()]
+    names = [n.strip() for n in re.split(r",(?![^\[]*\])", strategies) if n.strip()]
     work = [(n, s, budget, str(table), image_size) for n in names for s in range(seeds)]
     t0 = time.time()
     if jobs > 1:
@@ -334,13 +350,14 @@ def replay(table: Path = typer.Option(DEFAULT_TABLE, help="The recorded table (s
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = np.arange(1, budget + 1)
-    for n in names:
-        m, sd = curves[n].mean(0), curves[n].std(0, ddof=1)
+    for n in names:  # mean over seeds, band = standard error of the mean
+        m, se = curves[n].mean(0), curves[n].std(0, ddof=1) / math.sqrt(seeds)
         ax.plot(x, m, label=n)
-        ax.fill_between(x, m - sd, m + sd, alpha=0.12)
+        ax.fill_between(x, m - se, m + se, alpha=0.15)
     ax.axhline(ref, color="grey", ls=":", lw=1, label=f"random @ {budget}")
     ax.set_xlabel("trials")
-    ax.set_ylabel("hypervolume (normalised)")
+    ax.set_ylabel("hypervolume (normalised; mean ± s.e. over seeds)")
+    ax.set_ylim(bottom=float(min(c[:, min(9, budget - 1)].mean() for c in curves.values())) - 0.02)
     ax.set_title(f"BreastMNIST, MobileNetV2 + pixel prompts: {len(oracle.rows)} recorded classes, {seeds} seeds")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
