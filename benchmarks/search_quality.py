@@ -3,6 +3,9 @@
     python benchmarks/search_quality.py replay            # the figures and the plot (a minute)
     nice -n 10 python benchmarks/search_quality.py record # (re)makes the table; resumable (~1 h)
 
+Figures: ``benchmarks/results/search_quality.md`` (+ ``_hv.png``, ``_curves.csv``); how the table
+was made and its noise: ``benchmarks/data/search_quality_breastmnist_mnv2_32px.md``.
+
 ``record`` runs real short trials (``promptsearch.trial.run_trial``: the ImageNet MobileNetV2 from
 ``../shared/weights`` frozen, pixel prompts, BreastMNIST at a small working size) for candidates
 of ``medical.yaml`` fixed to ``module=pixel`` and appends one CSV row per finished trial, so an
@@ -29,6 +32,7 @@ import math
 import os
 import random
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -337,34 +341,57 @@ def replay(table: Path = typer.Option(DEFAULT_TABLE, help="The recorded table (s
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "search_quality.md").write_text(
         "# Search quality (replayed over recorded real trials)\n\n"
-        f"    python benchmarks/search_quality.py replay --seeds {seeds} --budget {budget}\n\n" + text + "\n")
+        "    python benchmarks/search_quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n\n" + text + "\n")
     with (out_dir / "search_quality_curves.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["strategy", "seed"] + [f"hv_{t + 1}" for t in range(budget)])
         for r in runs:
             w.writerow([r[0], r[1]] + [f"{x:.6f}" for x in r[2]])
+    save_plot(curves, out_dir / "search_quality_hv.png", f"{len(oracle.rows)} recorded classes")
+    print(f"wrote {out_dir / 'search_quality.md'}, {out_dir / 'search_quality_curves.csv'}, {out_dir / 'search_quality_hv.png'}")
+
+
+def save_plot(curves: dict, path: Path, note: str = "") -> None:
+    """Mean hypervolume against trials per strategy, with a standard-error band."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    any_curve = next(iter(curves.values()))
+    seeds, budget = any_curve.shape
     x = np.arange(1, budget + 1)
-    for n in names:  # mean over seeds, band = standard error of the mean
-        m, se = curves[n].mean(0), curves[n].std(0, ddof=1) / math.sqrt(seeds)
+    for n, c in curves.items():  # mean over seeds, band = standard error of the mean
+        m, se = c.mean(0), c.std(0, ddof=1) / math.sqrt(seeds)
         ax.plot(x, m, label=n)
         ax.fill_between(x, m - se, m + se, alpha=0.15)
-    ax.axhline(ref, color="grey", ls=":", lw=1, label=f"random @ {budget}")
+    if "random" in curves:
+        ax.axhline(curves["random"][:, -1].mean(), color="grey", ls=":", lw=1, label=f"random @ {budget}")
     ax.set_xlabel("trials")
-    ax.set_ylabel("hypervolume (normalised; mean ± s.e. over seeds)")
+    ax.set_ylabel("hypervolume (normalised)")
     ax.set_ylim(bottom=float(min(c[:, min(9, budget - 1)].mean() for c in curves.values())) - 0.02)
-    ax.set_title(f"BreastMNIST, MobileNetV2 + pixel prompts: {len(oracle.rows)} recorded classes, {seeds} seeds")
+    ax.set_title(f"BreastMNIST, MobileNetV2 + pixel prompts ({note}); mean ± s.e. over {seeds} seeds", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out_dir / "search_quality_hv.png", dpi=120)
-    print(f"wrote {out_dir / 'search_quality.md'}, {out_dir / 'search_quality_curves.csv'}, {out_dir / 'search_quality_hv.png'}")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
+
+@app.command()
+def plot(curves_csv: Path = typer.Option(HERE / "results" / "search_quality_curves.csv"),
+         out: Path = typer.Option(HERE / "results" / "search_quality_hv.png"),
+         note: str = typer.Option("300 recorded classes")) -> None:
+    """Redraw the plot from a replay's curves CSV."""
+    import numpy as np
+
+    runs: dict[str, list[list[float]]] = {}
+    for r in read_rows(curves_csv):
+        runs.setdefault(r["strategy"], []).append([float(v) for k, v in r.items() if k.startswith("hv_")])
+    save_plot({k: np.array(v) for k, v in runs.items()}, out, note)
+    print(f"wrote {out}")
 
 if __name__ == "__main__":
     app()
