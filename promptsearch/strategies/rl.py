@@ -20,13 +20,27 @@ generator, the baseline and the unused results: restore is exact.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from .base import STRATEGIES, Genome, Observation, Strategy
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """The controller's ops are tiny: extra intra-op threads only spin (5x slower on a busy CPU)."""
+    n = torch.get_num_threads()
+    if n != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n != 1:
+            torch.set_num_threads(n)
 
 
 class Controller(nn.Module):
@@ -149,13 +163,14 @@ class RLStrategy(Strategy):
         return G, logp, ent
 
     def _propose(self) -> Sequence[int]:
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():
             return self._walk(None)[0][0]
 
     def _observe(self, obs: Observation) -> None:
         self.buffer.append((obs.genome, obs.reward))
         if len(self.buffer) >= self.batch_size:
-            self._update()
+            with one_thread():
+                self._update()
 
     def _update(self) -> None:
         batch, self.buffer = self.buffer, []
