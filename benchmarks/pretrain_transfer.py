@@ -127,7 +127,7 @@ def backbones(pretrained_dir: Path) -> list[tuple[str, BackboneSpec, dict[str, A
                  "pretrain_images": "+".join(f"{d['name']}:{d['train_images']}" for d in doc["data"]),
                  "pretrain_time_s": doc["wall_time_s"], "pretrain_peak_rss_mb": doc["peak_rss_mb"],
                  "weights_mb": round(doc["bytes"] / 2**20, 1)}
-        tag = "" if pretrained_dir.resolve() == DEFAULT_DIR else f" [{pretrained_dir.name}]"  # e.g. a longer run
+        tag = "" if pretrained_dir.resolve() == DEFAULT_DIR else f" ({pretrained_dir.name})"  # e.g. a longer run
         out.append((f"vit {mode}{tag}", BackboneSpec(**VIT, weights=str(weights)), facts))
     out.append(("mobilenet_v2 64px", BackboneSpec("torchvision:mobilenet_v2", image_size=64, weights=str(MOBILENET)),
                 {"pretrain_mode": "imagenet", "weights": str(MOBILENET), "weights_sha256": file_sha256(MOBILENET),

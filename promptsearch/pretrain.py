@@ -72,7 +72,7 @@ class PretrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    mode: str = "supervised"  # a PRETRAIN_MODES name
+    mode: str  # a PRETRAIN_MODES name: supervised | mae | distill
     datasets: tuple[str, ...] = ("pneumoniamnist",)  # MedMNIST names or folder:PATH
     backbone: str = "vit_tiny_patch16_224"  # any timm model name
     image_size: int = Field(28, ge=8, le=1024)  # MedMNIST's native size: no resampling
@@ -512,6 +512,9 @@ def _atomic_write(path: Path, write) -> None:
     """Write to a temporary sibling, then rename: an interrupted write never leaves a torn file."""
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a made backbone is meant to be shared
     os.replace(tmp, path)
 
 

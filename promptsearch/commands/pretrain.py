@@ -50,7 +50,7 @@ class RichHooks:
 
 
 def pretrain(
-    mode: str = typer.Option("distill", "--mode", help="supervised | mae | distill."),
+    mode: str = typer.Option(..., "--mode", help="supervised (labels) | mae (masked patches) | distill (teacher features)."),
     dataset: list[str] = typer.Option(["pneumoniamnist"], "--dataset",
                                       help="MedMNIST name or folder:PATH; repeat for several (supervised: one head each)."),
     data_root: Optional[str] = DataRoot,
