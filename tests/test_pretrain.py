@@ -166,3 +166,17 @@ def test_cli_bad_input_is_one_line_not_a_traceback(tmp_path):
     res = CliRunner().invoke(app, ["pretrain", "--mode", "distill", "--out", str(tmp_path / "o")],
                              env={"PROMPTSEARCH_TEACHER_WEIGHTS": ""})
     assert res.exit_code == 2 and "--teacher-weights" in res.output
+
+
+def test_supervised_on_two_datasets_trains_one_head_each(tmp_path, data_root, breast):
+    """A MedMNIST name plus a folder of class sub-folders (real ultrasound PNGs): two heads, both dropped."""
+    for label, name in enumerate(breast.classes):
+        _write_pngs(tmp_path / "scans" / name.split(",")[0], breast.train.images[breast.train.labels == label][:12], [28] * 12)
+    config = tiny("supervised", datasets=("pneumoniamnist", f"folder:{tmp_path / 'scans'}"), max_train_samples=16)
+    result = pretrain(config, tmp_path / "out", data_root=data_root, threads=THREADS)
+    assert {"val_auc_0", "val_auc_1"} <= set(result.metrics)
+    doc = read_sidecar(result.weights)
+    assert [d["labeled"] for d in doc["data"]] == [True, True] and doc["data"][1]["name"] == "scans"
+    assert not any(k.startswith("heads.") for k in load_file(result.weights))
+    ckpt = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    assert ckpt["objective"]["heads.0.weight"].shape == (2, 192) and ckpt["objective"]["heads.1.weight"].shape == (2, 192)
