@@ -145,7 +145,8 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def _expand_env(data: Any, path: tuple, lines: dict[tuple, int], source: str) -> Any:
-    """``${VAR}`` / ``${VAR:-default}`` in every string value."""
+    """``${VAR}`` / ``${VAR:-default}`` in every string value (as in the shell, an empty variable
+    takes the default)."""
     if isinstance(data, Mapping):
         return {k: _expand_env(v, path + (k,), lines, source) for k, v in data.items()}
     if isinstance(data, list):
@@ -159,7 +160,9 @@ def _expand_env(data: Any, path: tuple, lines: dict[tuple, int], source: str) ->
             line = _error_line(path, lines)
             raise JobError(f"{source}{f':{line}' if line else ''}: {'.'.join(map(str, path))}: "
                            f"environment variable {m.group(1)} is not set (write ${{{m.group(1)}:-default}})")
-        return value if value is not None else m.group(2)
+        if m.group(2) is not None and not value:
+            return m.group(2)
+        return value
 
     return _ENV.sub(sub, data)
 
@@ -193,8 +196,11 @@ def load_job(path: str | Path) -> JobSpec:
 
 
 def job_from_dict(data: Mapping[str, Any], source: str = "<job>") -> JobSpec:
-    """A job from already-parsed fields (the API's JSON body); the same checks as a file."""
-    spec = _validate(_expand_env(dict(data), (), {}, source), source, {})
+    """A job from already-parsed fields (the API's JSON body); the same checks as a file.
+
+    No ``${VAR}`` expansion here: fields that come from a request must never read the server's
+    environment (a token, say)."""
+    spec = _validate(dict(data), source, {})
     check_job(spec, source, {})
     return spec
 
