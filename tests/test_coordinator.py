@@ -264,14 +264,15 @@ def ray_cluster(tmp: Path, logs: Path, nodes: int = 2):
     process group, so teardown stops exactly these processes (not every Ray on the machine)."""
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    common = ["--block", "--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
+    # every node on loopback: no traffic leaves 127.0.0.1
+    common = ["--block", "--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats",
+              "--node-ip-address=127.0.0.1"]
     procs = [subprocess.Popen([RAY, "start", "--head", f"--port={port}", f"--temp-dir={tmp}", "--include-dashboard=false",
                                *common], env=env, start_new_session=True,
                               stdout=open(logs / "head.log", "w"), stderr=subprocess.STDOUT)]
     try:
         _wait(lambda: not socket.socket().connect_ex(("127.0.0.1", port)), 120, "the head node's GCS")
-        host = socket.gethostbyname(socket.gethostname())
-        address = f"{host}:{port}"
+        address = f"127.0.0.1:{port}"
         for i in range(1, nodes):
             procs.append(subprocess.Popen([RAY, "start", f"--address={address}", *common], env=env, start_new_session=True,
                                           stdout=open(logs / f"node{i}.log", "w"), stderr=subprocess.STDOUT))
