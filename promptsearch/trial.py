@@ -44,6 +44,7 @@ class Budget(BaseModel):
     threads: int | None = Field(None, ge=1)  # torch intra-op threads (None: leave as is)
     latency_repeats: int = Field(10, ge=1)  # batch-1 forward passes timed for latency_ms
     diverge_loss: float = Field(1e4, gt=0)  # a loss above this ends the trial as diverged
+    device: str | None = None  # "cpu", "cuda", "cuda:1"; None: cuda when visible (a Ray GPU worker), else cpu
 
 
 class TrialResult(BaseModel):
@@ -80,11 +81,18 @@ class TrialFailed(RuntimeError):
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
-def _batches(split: Split, batch_size: int, generator: torch.Generator | None):
+def _batches(split: Split, batch_size: int, generator: torch.Generator | None, device: torch.device | None = None):
     order = torch.randperm(len(split), generator=generator) if generator is not None else torch.arange(len(split))
     for i in range(0, len(split), batch_size):
         idx = order[i:i + batch_size]
-        yield split.images[idx].float().div_(255.0), split.labels[idx]  # (B, C, H, W) in [0, 1]
+        x, y = split.images[idx], split.labels[idx]
+        if device is not None and device.type != "cpu":
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        yield x.float().div_(255.0), y  # (B, C, H, W) in [0, 1]
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def loss_fn(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -98,27 +106,31 @@ def evaluate(model: PromptedModel, split: Split, task: str, batch_size: int = 25
     """Validation/test metrics of a model on a split (MedMNIST AUC, accuracy, worst-class recall)."""
     model.eval()
     scores, labels = [], []
-    for x, y in _batches(split, batch_size, None):
+    for x, y in _batches(split, batch_size, None, _device(model)):
         logits = model(x)
         scores.append(torch.sigmoid(logits) if task == "multi-label" else torch.softmax(logits, -1))
         labels.append(y)
-    s = torch.cat(scores).float().numpy()
+    s = torch.cat(scores).float().cpu().numpy()
     if not np.isfinite(s).all():
         raise TrialFailed("non-finite outputs at evaluation")
-    return classification_metrics(task, torch.cat(labels).numpy(), s)
+    return classification_metrics(task, torch.cat(labels).cpu().numpy(), s)
 
 
 @torch.no_grad()
 def latency_ms(model: PromptedModel, sample: torch.Tensor, repeats: int) -> float:
     """Median wall time of a batch-1 forward pass, in milliseconds (after two warm-up passes)."""
     model.eval()
-    x = sample[:1]
+    device = _device(model)
+    x = sample[:1].to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(2):
         model(x)
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         model(x)
+        sync()
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1000)
 
@@ -138,7 +150,7 @@ def train_model(model: PromptedModel, data: Dataset, budget: Budget, seed: int,
     for epoch in range(1, budget.epochs + 1):
         model.train()
         total, n = 0.0, 0
-        for x, y in _batches(train, budget.batch_size, gen):
+        for x, y in _batches(train, budget.batch_size, gen, _device(model)):
             loss = loss_fn(data.task, model(x), y)
             if not torch.isfinite(loss):
                 raise TrialFailed(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {steps + 1}")
@@ -170,8 +182,9 @@ def run_trial(candidate: Candidate, data: Dataset, backbone: BackboneSpec | Back
     history: list[dict[str, float]] = []
     try:
         torch.manual_seed(seed)  # prompt and head initialisation
+        device = torch.device(budget.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = build_prompted_model(candidate.arch, backbone if isinstance(backbone, Backbone) else build_backbone(backbone),
-                                     data.num_outputs)
+                                     data.num_outputs).to(device)
         train = data.train.subset(budget.max_train_samples, seed)
         val = data.val.subset(budget.max_eval_samples, 0)
         history, steps = train_model(model, data, budget, seed, on_epoch, train, val)
@@ -185,7 +198,8 @@ def run_trial(candidate: Candidate, data: Dataset, backbone: BackboneSpec | Back
             from safetensors.torch import save_file
 
             Path(weights_out).parent.mkdir(parents=True, exist_ok=True)
-            save_file(model.trainable_state_dict(), str(weights_out))
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()},
+                      str(weights_out))
         return TrialResult(candidate=candidate.to_json(), status="completed", metrics=final, test_metrics=test,
                            history=history, epochs=len(history), steps=steps,
                            wall_time_s=time.perf_counter() - t0, seed=seed)
