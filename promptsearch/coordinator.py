@@ -580,9 +580,6 @@ class SearchLoop:
         finally:
             if started:
                 ray.shutdown()
-                link = Path(os.environ.get("RAY_TMPDIR", ""))
-                if link.is_symlink() and link.parent == Path("/tmp"):  # the short alias ray_tmpdir() made
-                    link.unlink(missing_ok=True)
             # a later Ray session of this process (another job, another cluster) must not inherit it
             if old_tmpdir is None:
                 os.environ.pop("RAY_TMPDIR", None)
