@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
-from .prompts import BackboneSpec, PromptedModel, build_backbone, build_prompted_model
+from .prompts import file_sha256, BackboneSpec, PromptedModel, build_backbone, build_prompted_model
 from .space import SearchSpace, SpaceFile
 
 BUNDLE_FORMAT = "promptsearch-bundle/1"
@@ -117,14 +117,6 @@ class BundleConfig(BaseModel):
 
 
 # --- writing ------------------------------------------------------------------------------------
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _upstream_torchvision(name: str, filename: str | None) -> str:
     import torchvision
 
@@ -163,7 +155,7 @@ def backbone_record(spec: BackboneSpec, hash_weights: bool = True) -> BackboneRe
         obtain = f"downloaded by {source or 'timm'} (pretrained=True)" + (f"; {upstream}" if upstream else "")
     else:
         obtain = "random initialisation (no pretrained weights): rebuilt from the trial seed"
-    sha = _sha256(spec.weights) if spec.weights and hash_weights and Path(spec.weights).exists() else None
+    sha = file_sha256(spec.weights) if spec.weights and hash_weights and Path(spec.weights).exists() else None
     return BackboneRecord(name=spec.name, image_size=spec.image_size, patch_size=spec.patch_size,
                           weights=str(spec.weights) if spec.weights else None, weights_file=filename,
                           weights_sha256=sha, pretrained=spec.pretrained, kwargs=dict(spec.kwargs), obtain=obtain)
@@ -280,7 +272,7 @@ def write_bundle(out: str | Path, *, space: SearchSpace, genome: Sequence[int], 
     _check_state(cfg, state)
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT, "candidate": cand.key})
-    cfg.prompts["sha256"] = _sha256(out / WEIGHTS_FILE)
+    cfg.prompts["sha256"] = file_sha256(out / WEIGHTS_FILE)
     (out / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
     (out / CARD_FILE).write_text(model_card(cfg))
     if zip_path is not None:
@@ -350,7 +342,7 @@ def _backbone_spec(cfg: BundleConfig, backbone_weights: str | Path | None) -> Ba
         path = Path(backbone_weights).expanduser()
         if not path.exists():
             raise ExportError(f"backbone weights {path} not found")
-        if rec.weights_sha256 and _sha256(path) != rec.weights_sha256:
+        if rec.weights_sha256 and file_sha256(path) != rec.weights_sha256:
             raise ExportError(f"backbone weights {path} differ from the ones this bundle was trained with "
                               f"(sha256 {rec.weights_sha256}; {rec.obtain})")
         return rec.spec(str(path))
@@ -358,7 +350,7 @@ def _backbone_spec(cfg: BundleConfig, backbone_weights: str | Path | None) -> Ba
         if not Path(rec.weights).exists():
             raise ExportError(f"the bundle's backbone weights {rec.weights} are not on this machine: pass "
                               f"backbone_weights=PATH (promptsearch predict --backbone-weights PATH); {rec.obtain}")
-        if rec.weights_sha256 and _sha256(rec.weights) != rec.weights_sha256:
+        if rec.weights_sha256 and file_sha256(rec.weights) != rec.weights_sha256:
             raise ExportError(f"{rec.weights} changed since export (sha256 differs); pass backbone_weights=PATH")
     return rec.spec()
 

@@ -50,7 +50,7 @@ from torch import nn
 
 from .data import IMAGE_SUFFIXES, DataError, Split, load_dataset
 from .metrics import classification_metrics
-from .prompts import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneSpec, build_backbone
+from .prompts import file_sha256, IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneSpec, build_backbone
 from .registry import Registry
 from .trial import loss_fn
 
@@ -409,7 +409,7 @@ class DistillObjective(Objective):
         if not weights.is_file():
             raise PretrainError(f"teacher weights {weights} not found")
         key = hashlib.sha256(json.dumps({
-            "teacher": self.config.teacher, "size": self.config.teacher_image_size, "weights": _file_sha256(weights),
+            "teacher": self.config.teacher, "size": self.config.teacher_image_size, "weights": file_sha256(weights),
             "data": [_images_hash(s.train, s.val) for s in sources]}).encode()).hexdigest()
         cache = out_dir / TEACHER_CACHE
         raw: dict[str, torch.Tensor] = {}
@@ -445,7 +445,7 @@ class DistillObjective(Objective):
         self.targets = {k: (v - mean) / std for k, v in raw.items()}
         torch.manual_seed(self.config.seed + 1)  # same init whether or not the teacher ran (it draws too)
         self.proj = nn.Linear(self.num_features, train.shape[1])  # made here: T is known now
-        return {"teacher": {"name": self.config.teacher, "weights": str(weights), "weights_sha256": _file_sha256(weights),
+        return {"teacher": {"name": self.config.teacher, "weights": str(weights), "weights_sha256": file_sha256(weights),
                             "image_size": self.config.teacher_image_size, "features": int(train.shape[1]),
                             "target": "standardised pooled features", "cache": TEACHER_CACHE, "cache_reused": cached}}
 
@@ -498,14 +498,6 @@ class PretrainResult(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     wall_time_s: float  # all calls together
     peak_rss_mb: float
-
-
-def _file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -574,7 +566,7 @@ def _export(objective: Objective, backbone: Backbone, config: PretrainConfig, so
     final = {k: v for k, v in history[-1].items() if k not in ("epoch", "lr", "seconds")}
     doc = {
         "format": "promptsearch-backbone", "version": SIDECAR_VERSION,
-        "weights": WEIGHTS, "sha256": _file_sha256(weights), "bytes": weights.stat().st_size,
+        "weights": WEIGHTS, "sha256": file_sha256(weights), "bytes": weights.stat().st_size,
         "backbone": {"name": config.backbone, "image_size": config.image_size, "patch_size": config.patch_size,
                      "num_features": backbone.num_features, "params": sum(v.numel() for v in state.values()),
                      "mean": list(backbone.mean), "std": list(backbone.std)},
@@ -712,6 +704,6 @@ def read_sidecar(weights: str | Path) -> dict[str, Any]:
     if not sidecar.exists():
         raise PretrainError(f"no sidecar {sidecar} next to {weights}")
     doc = json.loads(sidecar.read_text())
-    if doc.get("sha256") != _file_sha256(weights):
+    if doc.get("sha256") != file_sha256(weights):
         raise PretrainError(f"{weights} does not match its sidecar's sha256 (file changed or replaced)")
     return doc

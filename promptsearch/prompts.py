@@ -251,6 +251,17 @@ class Backbone:
 BACKBONE_SOURCES: Registry = Registry("backbone source")
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a (weights) file, read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a .safetensors or torch file (``weights_only``: no code is run)."""
     path = Path(path)
