@@ -1,7 +1,7 @@
 """Orchestration overhead: N trials run as a search job (Ray Tune workers + MLflow + state files)
 against the same N trials back to back in one process.
 
-    nice python benchmarks/orchestration_overhead.py --trials 4 --image-size 64 --epochs 4
+    nice python benchmarks/orchestration_overhead.py --trials 4 --image-size 64 --epochs 12
 
 Both sides run the same candidates (the random strategy's first N proposals for seed 0, which is
 what the job asks) with the same budget and threads; the job runs one trial at a time with all
@@ -27,8 +27,8 @@ def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)  # progress shows in logs as it happens
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=4)
-    p.add_argument("--image-size", type=int, default=64)  # MobileNetV2 at 64 px, 4 epochs: ~20-30 s a trial on 2 cores
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--image-size", type=int, default=64)  # MobileNetV2 at 64 px, 12 epochs: ~30 s a trial on 2 idle cores
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--data-root", default=os.environ.get("PROMPTSEARCH_DATA_ROOT", str(REPO.parent / "shared/data/medmnist")))
     p.add_argument("--weights", default=os.environ.get("PROMPTSEARCH_BACKBONE_WEIGHTS",
@@ -61,10 +61,15 @@ def main() -> None:
     t0 = time.perf_counter()
     data = load_dataset(spec.dataset, root=spec.data_root)
     backbone = build_backbone(spec.backbone.spec())
-    seq = [run_trial(c, data, backbone, spec.budget, seed=spec.seed) for c in candidates]
+    seq, seq_cpu = [], []
+    for c in candidates:
+        c0 = time.process_time()
+        seq.append(run_trial(c, data, backbone, spec.budget, seed=spec.seed))
+        seq_cpu.append(time.process_time() - c0)
     seq_wall = time.perf_counter() - t0
     seq_trials = [r.wall_time_s for r in seq]
-    print(f"in-process: {seq_wall:7.1f} s  (trials {', '.join(f'{x:.1f}' for x in seq_trials)} s)")
+    print(f"in-process: {seq_wall:7.1f} s  (trials {', '.join(f'{x:.1f}' for x in seq_trials)} s; "
+          f"CPU {', '.join(f'{x:.0f}' for x in seq_cpu)} s)")
 
     # --- the same trials as a search job ---
     ws = Workspace(a.workspace or tempfile.mkdtemp(prefix="ps-overhead-"))
@@ -88,10 +93,15 @@ def main() -> None:
     gaps = [(r["started_at"] - prev["finished_at"]) + ((r["finished_at"] - r["started_at"]) - r["wall_time_s"])
             for prev, r in zip(records, records[1:])]
     tail = (start + job_wall) - records[-1]["finished_at"]
-    print(f"job:        {job_wall:7.1f} s  (trials {', '.join(f'{x:.1f}' for x in in_worker)} s in the workers)"
-          f"   [Ray start {ray_start:.1f} s, not counted]")
-    print(f"ratio job / in-process: {job_wall / seq_wall:.3f}   (trial time only: "
-          f"{sum(in_worker) / sum(seq_trials):.3f})")
+    job_cpu = [r["cpu_time_s"] or 0.0 for r in records]
+    print(f"job:        {job_wall:7.1f} s  (trials {', '.join(f'{x:.1f}' for x in in_worker)} s in the workers; "
+          f"CPU {', '.join(f'{x:.0f}' for x in job_cpu)} s)   [Ray start {ray_start:.1f} s, not counted]")
+    orchestration = job_wall - sum(in_worker)
+    print(f"ratio job / in-process (wall): {job_wall / seq_wall:.3f}")
+    print(f"  trials alone, worker / in-process: wall {sum(in_worker) / sum(seq_trials):.3f}, "
+          f"CPU {sum(job_cpu) / sum(seq_cpu):.3f}  (wall differences at equal CPU are other load on the machine)")
+    print(f"  orchestration (job wall - trial time): {orchestration:.1f} s -> ratio at equal trial speed "
+          f"{(seq_wall + orchestration) / seq_wall:.3f}")
     print("where the job's extra time goes:")
     print(f"  before the first trial (MLflow store + experiment, Tune set-up): {first_start:6.1f} s")
     print(f"  first trial's worker start-up (imports, data, backbone):        {first_gap:6.1f} s")

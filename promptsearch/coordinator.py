@@ -75,6 +75,7 @@ class TrialRecord(BaseModel):
     node_id: str | None = None
     node_ip: str | None = None
     pid: int | None = None
+    cpu_time_s: float | None = None  # the worker process's CPU time for the trial
     tune_trial_id: str | None = None
     mlflow_run_id: str | None = None
     weights: str | None = None  # safetensors file of prompt + head (completed trials)
@@ -537,8 +538,15 @@ class SearchLoop:
         from ray import tune
 
         t0 = time.perf_counter()
+        old_tmpdir = os.environ.get("RAY_TMPDIR")
         started = _init_ray(self.ws, address)
         log.info("ray ready in %.1f s", time.perf_counter() - t0)
+        # Ray Tune's global registry caches the job id of the first Ray session of the process as
+        # its key prefix; in a later session (another job, another cluster) workers would look the
+        # trainable up under their own job id and die before starting. Recompute it per session.
+        from ray.tune.registry import _global_registry
+
+        _global_registry._prefix = None
         try:
             nodes = [n for n in ray.nodes() if n["Alive"]]
             self.state.coordinator["nodes"] = [
@@ -572,6 +580,14 @@ class SearchLoop:
         finally:
             if started:
                 ray.shutdown()
+                link = Path(os.environ.get("RAY_TMPDIR", ""))
+                if link.is_symlink() and link.parent == Path("/tmp"):  # the short alias ray_tmpdir() made
+                    link.unlink(missing_ok=True)
+            # a later Ray session of this process (another job, another cluster) must not inherit it
+            if old_tmpdir is None:
+                os.environ.pop("RAY_TMPDIR", None)
+            else:
+                os.environ["RAY_TMPDIR"] = old_tmpdir
 
     def _payload(self) -> dict[str, Any]:
         budget = self.spec.budget.model_dump()
@@ -672,7 +688,7 @@ class SearchLoop:
         if t is None or t.status != "running":
             return
         t.history.append(_clean(row))
-        t.node_id, t.node_ip, t.pid = node.get("node_id") or t.node_id, node.get("node_ip") or t.node_ip, node.get("pid") or t.pid
+        _where(t, node)
         if t.mlflow_run_id:
             self._track("log_epoch", self.tracker.log_epoch, t.mlflow_run_id, row)
         self._save()
@@ -688,12 +704,12 @@ class SearchLoop:
         if t is None or t.status != "running":
             return
         node = node or {}
-        t.node_id, t.node_ip, t.pid = node.get("node_id") or t.node_id, node.get("node_ip") or t.node_ip, node.get("pid") or t.pid
+        _where(t, node)
+        if result is None and self.should_stop():  # stopped (or killed by the same Ctrl-C) as the job stops
+            self._preempt(t, self._stop_text())
+            self._save()
+            return
         if result is None and error is None:
-            if self.should_stop():  # Tune stopped it because the job is stopping
-                self._preempt(t, self._stop_text())
-                self._save()
-                return
             error = "the trial ended without reporting a result"
         if result is None:
             result = TrialResult.failed(t.candidate, error, history=[{k: v for k, v in h.items() if v is not None}
@@ -734,6 +750,13 @@ class SearchLoop:
         self._save()
 
 
+def _where(t: TrialRecord, node: dict[str, Any]) -> None:
+    """Where (and with how much CPU) a trial ran, from what its worker reported."""
+    for key in ("node_id", "node_ip", "pid", "cpu_time_s"):
+        if node.get(key) is not None:
+            setattr(t, key, node[key])
+
+
 def _is_finite(v: Any) -> bool:
     try:
         return math.isfinite(float(v))
@@ -756,7 +779,8 @@ def _faults() -> dict[str, str]:
 
 def _init_ray(ws: Workspace, address: str | None) -> bool:
     """Connect to Ray: the caller's session if there is one, ``address`` (a cluster), else a local
-    Ray with its temp dir in the workspace. Returns whether we started it (and so stop it)."""
+    Ray with its temp dir in the workspace (``RAY_TMPDIR`` is set for the session; the caller
+    restores it). Returns whether we started it (and so stop it)."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -768,10 +792,10 @@ def _init_ray(ws: Workspace, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     else:
         tmp = ws.ray_tmpdir()
         os.environ["RAY_TMPDIR"] = str(tmp)
-        ray.init(_temp_dir=str(tmp), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+        ray.init(_temp_dir=str(tmp), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  object_store_memory=256 * 1024**2)  # trials exchange only small dicts
     return True

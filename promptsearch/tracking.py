@@ -22,6 +22,7 @@ Only the coordinator writes (workers never talk to MLflow), so SQLite sees one w
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -70,6 +71,8 @@ class Tracker:
     """Writes one job's record to MLflow (``tracking_uri``: SQLite file, or any MLflow server)."""
 
     def __init__(self, tracking_uri: str, artifact_root: str | Path | None = None):
+        for name in ("mlflow.store.db.utils", "alembic"):  # schema creation on a new store is not news
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.uri = tracking_uri
         self.artifact_root = Path(artifact_root) if artifact_root else None
         self.client = MlflowClient(tracking_uri)
@@ -166,8 +169,9 @@ class Tracker:
         now = int(time.time() * 1000)
         metrics = _finite(record.get("metrics") or {})
         metrics.update({f"test_{k}": v for k, v in _finite(record.get("test_metrics") or {}).items()})
-        if record.get("wall_time_s") is not None:
-            metrics["wall_time_s"] = float(record["wall_time_s"])
+        for key in ("wall_time_s", "cpu_time_s"):
+            if record.get(key) is not None:
+                metrics[key] = float(record[key])
         tags = {"status": record["status"], "node_id": record.get("node_id") or ""}
         if record.get("reason"):
             tags["failure_reason"] = str(record["reason"])[:5000]

@@ -74,8 +74,8 @@ def trial_dirname(trial: Any) -> str:
 
 
 def node_info(result: dict) -> dict[str, Any]:
-    """Where a trial ran (the trainable reports ``node_id``; Tune adds ``node_ip`` and ``pid``)."""
-    return {"node_id": result.get("node_id"), "node_ip": result.get("node_ip"), "pid": result.get("pid")}
+    """Where a trial ran (the trainable reports ``node_id`` and ``cpu_time_s``; Tune adds ``node_ip``, ``pid``)."""
+    return {k: result.get(k) for k in ("node_id", "node_ip", "pid", "cpu_time_s")}
 
 
 class JobStopper(Stopper):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -85,8 +86,9 @@ def train_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
             os._exit(13)  # the worker process dies mid-trial, as an OOM kill or a segfault would
 
     weights = os.path.join(spec.weights_dir, f"{trial_id}.safetensors")
+    cpu0 = time.process_time()
     result = run_trial(candidate, data, backbone, Budget(**spec.budget), seed=int(config["seed"]),
                        on_epoch=on_epoch, weights_out=weights)
     saved = weights if result.status == "completed" and os.path.exists(weights) else ""
     tune.report({"trial_result": json.dumps(result.model_dump()),  # json keeps NaN; pydantic would null it
-                 "weights": saved, **node})
+                 "weights": saved, "cpu_time_s": time.process_time() - cpu0, **node})
