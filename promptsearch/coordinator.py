@@ -282,21 +282,35 @@ def cancel(workspace: Workspace | str | Path | None, job_id: str) -> dict[str, A
     marks the job ``cancelled``; a queued or interrupted job is marked at once. Returns its status."""
     ws = _ws(workspace)
     job_id = ws.resolve(job_id)
-    state = ws.read_state(job_id)
-    if state.status in ("completed", "failed", "cancelled"):
+    if ws.read_state(job_id).status in ("completed", "failed"):
         return job_status(ws, job_id)
-    (ws.job_dir(job_id) / "cancel").write_text(str(time.time()))
     try:
         with _job_lock(ws, job_id, wait_s=0):
             state = ws.read_state(job_id)  # no coordinator: mark it here
-            for t in state.trials:
-                if t.status == "running":
-                    t.status, t.reason, t.finished_at = "preempted", "job cancelled", time.time()
-            state.status, state.message, state.finished_at = "cancelled", "cancelled before it ran to the end", time.time()
-            ws.write_state(state)
+            if state.status not in ("completed", "failed", "cancelled"):
+                for t in state.trials:
+                    if t.status == "running":
+                        t.status, t.reason, t.finished_at = "preempted", "job cancelled", time.time()
+                state.status, state.message = "cancelled", "cancelled before it ran to the end"
+                state.finished_at = time.time()
+                ws.write_state(state)
     except JobError:
-        pass  # the running coordinator sees the cancel file within a second
+        # A coordinator holds the lock (running, or resuming a cancelled job): the request is written
+        # after it took the lock, so it is newer than the coordinator's start and it stops within a second.
+        _atomic_write(ws.job_dir(job_id) / "cancel", repr(time.time()))
     return job_status(ws, job_id)
+
+
+def cancel_requested(ws: Workspace, job_id: str, since: float) -> bool:
+    """Whether a cancel was requested at or after ``since`` (the coordinator's start): an older
+    request belongs to an earlier run, which a resume has overridden."""
+    path = ws.job_dir(job_id) / "cancel"
+    try:
+        return float(path.read_text()) >= since
+    except FileNotFoundError:
+        return False
+    except ValueError:  # unreadable: trust the file's time
+        return path.stat().st_mtime >= since
 
 
 def job_trials(workspace: Workspace | str | Path | None, job_id: str) -> list[dict[str, Any]]:
@@ -381,15 +395,14 @@ def run_job(workspace: Workspace | str | Path | None, job_id: str, progress: Pro
     ws = _ws(workspace)
     job_id = ws.resolve(job_id)
     with _job_lock(ws, job_id):
+        started = time.time()  # cancel requests older than this were for an earlier run
         state = ws.read_state(job_id)
         if state.status == "completed":
             return job_status(ws, job_id)
         if state.status == "cancelled":
             if not resume_cancelled:
                 raise JobError(f"job {job_id} was cancelled; `promptsearch resume {job_id}` continues it")
-            with contextlib.suppress(FileNotFoundError):
-                (ws.job_dir(job_id) / "cancel").unlink()
-        loop = SearchLoop(ws, job_id, progress)
+        loop = SearchLoop(ws, job_id, progress, started=started)
         loop.run(ray_address)
     return job_status(ws, job_id)
 
@@ -400,11 +413,12 @@ class SearchLoop:
     adapters in :mod:`promptsearch.tune_adapter` translate Tune's calls into :meth:`ask`,
     :meth:`epoch`, :meth:`tell` (and :meth:`should_stop`, :meth:`error_reason`)."""
 
-    def __init__(self, ws: Workspace, job_id: str, progress: Progress | None = None):
+    def __init__(self, ws: Workspace, job_id: str, progress: Progress | None = None, started: float | None = None):
         from .space import SearchSpace, SpaceFile
         from .strategies import make_strategy
 
         self.ws, self.job_id, self.progress = ws, job_id, progress
+        self.started = time.time() if started is None else started
         self.dir = ws.job_dir(job_id)
         self.job = ws.read_job(job_id)
         self.spec = JobSpec.model_validate(self.job["spec"])
@@ -413,8 +427,8 @@ class SearchLoop:
             raise JobError(f"job {job_id}: stored space hash {self.job['space_hash']} != {self.space.hash}")
         self.objectives = self.spec.objective_list
         self.state = ws.read_state(job_id)
-        options = dict(self.spec.strategy_options)
-        self.strategy = make_strategy(self.spec.strategy, self.space, self.objectives, seed=self.spec.seed, **options)
+        self.strategy = make_strategy(self.spec.strategy, self.space, self.objectives, seed=self.spec.seed,
+                                      **self.spec.strategy_kwargs)
         if self.state.strategy_state is not None:
             self.strategy.load_state_dict(self.state.strategy_state)
         self.by_id = {t.trial_id: t for t in self.state.trials}
@@ -598,7 +612,7 @@ class SearchLoop:
 
     def _finish(self, error: BaseException | None) -> None:
         st = self.state
-        cancelled = self.stop_reason == "cancelled" or (self.dir / "cancel").exists()
+        cancelled = self.stop_reason == "cancelled" or cancel_requested(self.ws, self.job_id, self.started)
         for t in self.in_flight:
             self._preempt(t, self._stop_text())
         if self.finished >= self.spec.trials:
@@ -644,7 +658,7 @@ class SearchLoop:
         now = time.monotonic()
         if self.stop_reason is None and now - self._cancel_checked > 0.5:
             self._cancel_checked = now
-            if (self.dir / "cancel").exists():
+            if cancel_requested(self.ws, self.job_id, self.started):
                 self.stop_reason = "cancelled"
         return self.stop_reason is not None
 

@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .space import Scalar, SearchSpace, SpaceError, _compose, _error_line, _format_validation, load_space
-from .trial import Budget
+from .budget import Budget
 
 
 class JobError(ValueError):
@@ -133,6 +133,15 @@ class JobSpec(BaseModel):
         from .objectives import parse_objectives
 
         return parse_objectives(self.objectives)
+
+    @property
+    def strategy_kwargs(self) -> dict[str, Any]:
+        """The strategy's options, with the job's ``scalarization`` (used by strategies that need one
+        number, as ``rl``) unless the options set their own."""
+        options = dict(self.strategy_options)
+        if self.scalarization is not None:
+            options.setdefault("scalarization", self.scalarization)
+        return options
 
     @property
     def failure_limit(self) -> int:
@@ -265,7 +274,7 @@ def check_job(spec: JobSpec, source: str = "<job>", lines: dict[tuple, int] | No
     from .strategies import make_strategy
 
     try:
-        make_strategy(spec.strategy, space, spec.objective_list, seed=spec.seed, **spec.strategy_options)
+        make_strategy(spec.strategy, space, spec.objective_list, seed=spec.seed, **spec.strategy_kwargs)
     except (TypeError, ValueError, KeyError) as e:
         raise JobError(f"{_where(source, lines, 'strategy_options')}: strategy {spec.strategy!r} "
                        f"rejects its options: {e}") from None

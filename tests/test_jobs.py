@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,45 @@ def test_submit_status_cancel_of_a_queued_job(tmp_path, data_root, mobilenet_wei
         run_job(ws, job_id)
 
 
+def test_job_scalarization_reaches_the_strategy(tmp_path, data_root, mobilenet_weights):
+    """The job's scalarization weights make the strategy's reward (rl learns from that one number)."""
+    from promptsearch.coordinator import SearchLoop
+
+    ws = Workspace(tmp_path)
+    text = _job_text(data_root, mobilenet_weights, strategy="rl",
+                     scalarization="{groups: {accuracy: 0.0, efficiency: 1.0, safety: 0.0}}")
+    loop = SearchLoop(ws, submit(ws, parse_job(text, "j.yaml")))
+    assert loop.strategy.scalarization.groups == {"accuracy": 0.0, "efficiency": 1.0, "safety": 0.0}
+    genome = loop.strategy.ask().genome
+    metrics = {"auc": 0.95, "worst_class_recall": 0.9, "prompt_params": 1e6, "latency_ms": 50.0}
+    reward = loop.strategy.observation(genome, {"status": "completed", "metrics": metrics}).reward
+    default = SearchLoop(ws, submit(ws, parse_job(_job_text(data_root, mobilenet_weights, strategy="rl"), "j.yaml")))
+    assert reward < default.strategy.observation(genome, {"status": "completed", "metrics": metrics}).reward
+    # an option of the strategy's own wins over the job's field
+    text = _job_text(data_root, mobilenet_weights, strategy="rl", scalarization="{groups: {accuracy: 1.0}}",
+                     strategy_options="{scalarization: {groups: {safety: 1.0}}}")
+    assert SearchLoop(ws, submit(ws, parse_job(text, "j.yaml"))).strategy.scalarization.groups == {"safety": 1.0}
+
+
+def test_a_cancel_during_a_resume_is_not_lost(tmp_path, data_root, mobilenet_weights):
+    """A cancelled job being resumed: an old cancel request does not stop the resume, a cancel that
+    arrives once the resuming coordinator holds the job does (it must not be cleared as stale)."""
+    from promptsearch.coordinator import SearchLoop, cancel_requested
+
+    ws = Workspace(tmp_path)
+    job_id = submit(ws, parse_job(_job_text(data_root, mobilenet_weights), "j.yaml"))
+    assert cancel(ws, job_id)["status"] == "cancelled"  # no coordinator: marked at once
+    (ws.job_dir(job_id) / "cancel").write_text(repr(time.time()))  # an earlier run's request, left behind
+    with _job_lock(ws, job_id):  # a coordinator resuming the job took the lock ...
+        started = time.time()
+        loop = SearchLoop(ws, job_id, started=started)
+        assert not loop.should_stop()  # ... the old request is not this run's
+        assert cancel(ws, job_id)["status"] == "cancelled"  # the state still says cancelled: not a no-op
+        assert cancel_requested(ws, job_id, started)
+        loop._cancel_checked = 0.0
+        assert loop.should_stop() and loop.stop_reason == "cancelled"
+
+
 def test_lock_marks_a_live_coordinator(tmp_path, data_root, mobilenet_weights):
     ws = Workspace(tmp_path)
     job_id = submit(ws, parse_job(_job_text(data_root, mobilenet_weights), "j.yaml"))
@@ -187,6 +227,10 @@ def test_cli_reports_bad_jobs_without_a_traceback(tmp_path, data_root, mobilenet
     assert r.exit_code == 2 and "no job 'nope'" in r.output
     r = CliRunner().invoke(app, ["jobs", "--json", "--workspace", str(tmp_path / "ws")])
     assert r.exit_code == 0 and json.loads(r.stdout) == []
+    job_id = submit(Workspace(tmp_path / "ws"), parse_job(_job_text(data_root, mobilenet_weights), "j.yaml"))
+    for command in (["jobs"], ["pareto", job_id]):  # tables go to stdout, where a pipe reads them
+        r = CliRunner().invoke(app, [*command, "--workspace", str(tmp_path / "ws")])
+        assert r.exit_code == 0 and job_id in r.stdout, r.output
 
 
 def test_the_loop_records_nan_objectives_and_missing_results_as_failures(tmp_path, data_root, mobilenet_weights):
