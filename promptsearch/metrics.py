@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 
 def classification_metrics(task: str, y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -16,6 +15,8 @@ def classification_metrics(task: str, y_true: np.ndarray, scores: np.ndarray) ->
     mean per-label AUC (MedMNIST's ``getAUC``). worst_class_recall: the lowest per-class recall
     (per-label recall at 0.5 for multi-label) — the class the model misses most.
     """
+    from sklearn.metrics import roc_auc_score  # here: sklearn takes ~1.5 s to import
+
     if task == "multi-label":
         pred = scores > 0.5
         aucs = [roc_auc_score(y_true[:, k], scores[:, k]) for k in range(y_true.shape[1])

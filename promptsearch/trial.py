@@ -23,28 +23,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from .budget import Budget
 from .data import Dataset, Split
 from .metrics import classification_metrics
 from .prompts import Backbone, BackboneSpec, IncompatibleCandidate, PromptedModel, build_backbone, build_prompted_model
 from .space import Candidate
 
 Status = Literal["completed", "failed", "preempted"]
-
-
-class Budget(BaseModel):
-    """How much training one trial gets. Defaults suit a laptop CPU and MedMNIST at 28 px."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    epochs: int = Field(5, ge=1, le=1000)
-    batch_size: int = Field(32, ge=1, le=4096)
-    max_train_samples: int | None = Field(None, ge=1)  # a seeded subset, for quick searches
-    max_eval_samples: int | None = Field(None, ge=1)
-    eval_batch_size: int = Field(256, ge=1)
-    threads: int | None = Field(None, ge=1)  # torch intra-op threads (None: leave as is)
-    latency_repeats: int = Field(10, ge=1)  # batch-1 forward passes timed for latency_ms
-    diverge_loss: float = Field(1e4, gt=0)  # a loss above this ends the trial as diverged
-    device: str | None = None  # "cpu", "cuda", "cuda:1"; None: cuda when visible (a Ray GPU worker), else cpu
 
 
 class TrialResult(BaseModel):

@@ -18,10 +18,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .common import console, fail, print_json
+from .common import console, fail, out, print_json
 
 # tables stay readable in logs and CI (a non-terminal console would default to 80 columns)
-wide = console if console.is_terminal else Console(stderr=True, width=160)
+wide = out if out.is_terminal else Console(width=160)  # tables to stdout (pipe-able), wide when piped
 
 Workspace = typer.Option(None, "--workspace", envvar="PROMPTSEARCH_WORKSPACE",
                          help="Folder holding jobs, Ray Tune storage and the MLflow store (default ./promptsearch-runs).")
