@@ -292,9 +292,6 @@ def ray_cluster(tmp: Path, logs: Path, nodes: int = 2):
                 os.killpg(p.pid, signal.SIGKILL)  # anything of ours that outlived the graceful stop
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "passes from the development checkout, but its trials' actors died on the second node in two runs "
-    "from a fresh clone's venv (cause not found yet; see the issue note) — kept running so CI shows xpass/xfail"))
 def test_two_node_ray_cluster_runs_trials_on_both_nodes(ws, tmp_path, tmp_path_factory, data_root, mobilenet_weights):
     tmp = Path(f"/tmp/ps-cluster-{os.getpid()}")  # short: Ray's socket paths must fit in 107 bytes
     tmp.mkdir(exist_ok=True)
