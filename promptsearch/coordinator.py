@@ -173,6 +173,16 @@ class Workspace:
             link.symlink_to(target, target_is_directory=True)
         return link
 
+    def ray_auth_token(self) -> Path:
+        """``<root>/ray/auth_token``: the token of the local Ray this workspace starts (made once, 0600)."""
+        path = self.root / "ray" / "auth_token"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return path
+
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
 
@@ -552,16 +562,8 @@ class SearchLoop:
         from ray import tune
 
         t0 = time.perf_counter()
-        old_tmpdir = os.environ.get("RAY_TMPDIR")
-        started = _init_ray(self.ws, address)
-        log.info("ray ready in %.1f s", time.perf_counter() - t0)
-        # Ray Tune's global registry caches the job id of the first Ray session of the process as
-        # its key prefix; in a later session (another job, another cluster) workers would look the
-        # trainable up under their own job id and die before starting. Recompute it per session.
-        from ray.tune.registry import _global_registry
-
-        _global_registry._prefix = None
-        try:
+        with ray_session(self.ws, address):
+            log.info("ray ready in %.1f s", time.perf_counter() - t0)
             nodes = [n for n in ray.nodes() if n["Alive"]]
             self.state.coordinator["nodes"] = [
                 {"node_id": n["NodeID"], "ip": n["NodeManagerAddress"], "resources": n["Resources"]} for n in nodes]
@@ -591,17 +593,6 @@ class SearchLoop:
                     failure_config=tune.FailureConfig(max_failures=0)),  # a failed trial is a result, not retried
             )
             tuner.fit()
-        finally:
-            if started:
-                ray.shutdown()
-                link = Path(os.environ.get("RAY_TMPDIR", ""))
-                if link.is_symlink() and link.parent == Path("/tmp"):  # the short alias ray_tmpdir() made
-                    link.unlink(missing_ok=True)
-            # a later Ray session of this process (another job, another cluster) must not inherit it
-            if old_tmpdir is None:
-                os.environ.pop("RAY_TMPDIR", None)
-            else:
-                os.environ["RAY_TMPDIR"] = old_tmpdir
 
     def _payload(self) -> dict[str, Any]:
         budget = self.spec.budget.model_dump()
@@ -615,11 +606,14 @@ class SearchLoop:
         cancelled = self.stop_reason == "cancelled" or cancel_requested(self.ws, self.job_id, self.started)
         for t in self.in_flight:
             self._preempt(t, self._stop_text())
-        if self.finished >= self.spec.trials:
+        last = next((t.reason for t in reversed(st.trials) if t.status == "failed"), "") or "?"
+        if self.finished >= self.spec.trials and self.failed == self.finished:
+            st.status = "failed"  # nothing to show for it: no front, nothing to export
+            st.message = f"all {self.failed} trials failed; last failure: {last.splitlines()[0]}"
+        elif self.finished >= self.spec.trials:
             st.status, st.message = "completed", None
         elif self.stop_reason == "failed" or self.failed >= self.spec.failure_limit:
             st.status = "failed"
-            last = next((t.reason for t in reversed(st.trials) if t.status == "failed"), "") or "?"
             st.message = (f"stopped: {self.failed} trials failed (max_failures={self.spec.failure_limit}); "
                           f"last failure: {last.splitlines()[0]}")
         elif cancelled:
@@ -791,10 +785,58 @@ def _faults() -> dict[str, str]:
     return out
 
 
+# Environment a Ray session of this process sets for itself; restored when the session ends, so a
+# later session (another job, another cluster) starts from the caller's settings.
+_SESSION_ENV = ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+
+
+@contextlib.contextmanager
+def ray_session(ws: Workspace, address: str | None) -> Iterator[bool]:
+    """A Ray session for one job run (the one Ray adapter's entry): the caller's session if one is
+    up, ``address`` (a cluster), else a local Ray whose temp dir and auth token live in the
+    workspace. Yields whether it started Ray (and so stops it). One process may run many sessions."""
+    import ray
+
+    saved = {k: os.environ.get(k) for k in _SESSION_ENV}
+    started = False
+    try:
+        if not ray.is_initialized():
+            _refresh_ray_config()  # this session's auth mode is the environment's now, not an earlier session's
+        started = _init_ray(ws, address)
+        # Tune's global registry keeps the first session's job id as its key prefix, while workers
+        # look the trainable up under their own job's (ray-project/ray#33095): recompute it per session.
+        from ray.tune.registry import _global_registry
+
+        _global_registry._prefix = None
+        yield started
+    finally:
+        if started:
+            ray.shutdown()
+            link = Path(os.environ.get("RAY_TMPDIR", ""))
+            if link.is_symlink() and link.parent == Path("/tmp"):  # the short alias ray_tmpdir() made
+                link.unlink(missing_ok=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if not ray.is_initialized():
+            _refresh_ray_config()
+
+
+def _refresh_ray_config() -> None:
+    """Make Ray re-read its settings (the auth mode, the token) from the environment: it caches
+    them per process, and a driver whose mode differs from the cluster's cannot hear its workers."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token auth
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def _init_ray(ws: Workspace, address: str | None) -> bool:
-    """Connect to Ray: the caller's session if there is one, ``address`` (a cluster), else a local
-    Ray with its temp dir in the workspace (``RAY_TMPDIR`` is set for the session; the caller
-    restores it). Returns whether we started it (and so stop it)."""
+    """Connect to Ray (see :func:`ray_session`, which restores the environment this sets)."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -805,11 +847,16 @@ def _init_ray(ws: Workspace, address: str | None) -> bool:
         logging.getLogger(name).setLevel(logging.ERROR)
     if ray.is_initialized():
         return False
-    if address:
+    if address:  # the cluster's auth: RAY_AUTH_MODE and its token (RAY_AUTH_TOKEN or ~/.ray/auth_token)
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-    else:
-        tmp = ws.ray_tmpdir()
-        os.environ["RAY_TMPDIR"] = str(tmp)
-        ray.init(_temp_dir=str(tmp), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                 object_store_memory=256 * 1024**2)  # trials exchange only small dicts
+        return True
+    tmp = ws.ray_tmpdir()
+    os.environ["RAY_TMPDIR"] = str(tmp)
+    if not any(os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        # Ray's default for a new local cluster is token auth with a token it writes to
+        # ~/.ray/auth_token (which later `ray start`s on the machine then use); keep ours in the workspace.
+        os.environ["RAY_AUTH_MODE"], os.environ["RAY_AUTH_TOKEN_PATH"] = "token", str(ws.ray_auth_token())
+        _refresh_ray_config()
+    ray.init(_temp_dir=str(tmp), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             object_store_memory=256 * 1024**2)  # trials exchange only small dicts
     return True

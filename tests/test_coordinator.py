@@ -91,14 +91,20 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-def test_job_end_to_end_with_a_raising_and_a_dying_trial(ws, data_root, mobilenet_weights, monkeypatch):
+def test_job_end_to_end_with_a_raising_and_a_dying_trial(ws, tmp_path, data_root, mobilenet_weights, monkeypatch):
     from safetensors.torch import load_file
 
     monkeypatch.setenv("PROMPTSEARCH_FAULTS", "t0002=raise,t0004=exit")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where Ray would put its auth token by default
+    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(k, raising=False)
     spec = job_from_dict(_spec_dict(data_root, mobilenet_weights, name="e2e", trials=8))
     job_id = submit(ws, spec)
     seen: list[dict] = []
     status = run_job(ws, job_id, progress=seen.append)
+    # the local Ray used token auth with a token kept in the workspace, and left the environment as it found it
+    assert not (tmp_path / "home" / ".ray").exists() and (ws.root / "ray" / "auth_token").stat().st_mode & 0o777 == 0o600
+    assert not any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_TMPDIR"))
 
     assert status["status"] == "completed", status["message"]
     assert status["trials"] == {"requested": 8, "finished": 8, "completed": 6, "failed": 2, "preempted": 0, "running": 0}
@@ -292,18 +298,31 @@ def ray_cluster(tmp: Path, logs: Path, nodes: int = 2):
                 os.killpg(p.pid, signal.SIGKILL)  # anything of ours that outlived the graceful stop
 
 
-def test_two_node_ray_cluster_runs_trials_on_both_nodes(ws, tmp_path, tmp_path_factory, data_root, mobilenet_weights):
+def test_two_node_ray_cluster_runs_trials_on_both_nodes(ws, tmp_path, tmp_path_factory, data_root, mobilenet_weights,
+                                                       monkeypatch):
+    """The CLI's ``--ray-address`` on a real two-node cluster; then, in this process, a local job
+    followed by a job on the cluster. One process, two Ray sessions with different auth modes (the
+    local one token, the cluster's disabled): Ray caches the mode per process, and a driver still in
+    token mode refuses its workers' calls ("Missing authorization header"), so every trial's actor
+    died — what failed this test in fresh-clone runs."""
     tmp = Path(f"/tmp/ps-cluster-{os.getpid()}")  # short: Ray's socket paths must fit in 107 bytes
     tmp.mkdir(exist_ok=True)
     job = tmp_path / "cluster.yaml"
     job.write_text(yaml.safe_dump(_spec_dict(data_root, mobilenet_weights, name="cluster", trials=4), sort_keys=False))
+    monkeypatch.setenv("PROMPTSEARCH_FAULTS", "")
+    local = run_job(ws, submit(ws, job_from_dict(_spec_dict(data_root, mobilenet_weights, name="local-first", trials=2))))
+    assert local["status"] == "completed", local["message"]
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, tmp, True)
         address = stack.enter_context(ray_cluster(tmp, tmp_path_factory.mktemp("cluster-logs")))
         # the CLI's --ray-address, in its own process (as a user or the API would run it)
         out = subprocess.run([sys.executable, "-m", "promptsearch.cli", "search", str(job), "--workspace", str(ws.root),
                               "--ray-address", address, "--json"], capture_output=True, text=True, timeout=600,
-                             env={**os.environ, "RAY_AUTH_MODE": "disabled", "PROMPTSEARCH_FAULTS": ""})
+                             env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        # this process again, now on the cluster: its driver gets the cluster's next job id
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+        again = run_job(ws, submit(ws, job_from_dict(_spec_dict(data_root, mobilenet_weights, name="cluster-in-process",
+                                                                trials=2, ray_address=address))))
     assert out.returncode in (0, 1) and out.stdout.strip(), out.stderr[-3000:]
     status = json.loads(out.stdout)["status"]
     job_id = status["job_id"]
@@ -315,3 +334,5 @@ def test_two_node_ray_cluster_runs_trials_on_both_nodes(ws, tmp_path, tmp_path_f
     assert used == nodes  # one CPU per node and two trials at once: both nodes ran trials
     _, _, children = _mlflow_runs(ws, job_id)
     assert {r.data.tags["node_id"] for r in children.values()} == nodes
+    assert again["status"] == "completed", (again["message"], [t["reason"] for t in job_trials(ws, again["job_id"])])
+    assert {t["node_id"] for t in job_trials(ws, again["job_id"])} <= nodes

@@ -256,3 +256,7 @@ def test_the_loop_records_nan_objectives_and_missing_results_as_failures(tmp_pat
     assert records["t0002"]["status"] == "failed" and records["t0002"]["reason"] == "the trial ended without reporting a result"
     assert records["t0003"]["status"] == "running"
     assert [n for n, _ in ws.read_state(job_id).hypervolume] == [1, 2]
+    loop.tell("t0003", TrialResult.failed(records["t0003"]["candidate"], "RuntimeError: boom"))
+    loop._finish(None)  # every trial failed: the job failed, even though it ran all its trials
+    state = ws.read_state(job_id)
+    assert state.status == "failed" and state.message == "all 3 trials failed; last failure: RuntimeError: boom"
