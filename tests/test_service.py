@@ -400,6 +400,33 @@ def test_dashboard_in_chromium(server, finished_job, tmp_path):
 
 
 # --- restart -------------------------------------------------------------------------------------------------
+def _job_process(job_id: str) -> int | None:
+    """The pid of the server's subprocess that runs ``job_id`` (``python -m promptsearch.api run JOB``)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"promptsearch.api" in argv and b"run" in argv and job_id.encode() in argv:
+            return int(proc.name)
+    return None
+
+
+def test_a_killed_job_process_reads_interrupted_and_resumes(server):
+    """The process running a job dies (kill -9, as the OOM killer would) while the server lives:
+    the job reads ``interrupted`` with the exit code and its log, and POST resume finishes it."""
+    job_id = server.client.post("/jobs", json={"name": "oom", "trials": 2}).json()["id"]
+    pid = wait_for(lambda: server.job(job_id)["status"] == "running" and _job_process(job_id), 120, 0.5,
+                   "the job's process to run it")
+    os.kill(pid, signal.SIGKILL)
+    job = server.wait_job(job_id, ("interrupted",), 60)
+    assert job["message"] == f"the job's process exited with code -9 (see jobs/{job_id}/service.log); resume it"
+    assert (server.workspace / "jobs" / job_id / "service.log").is_file()
+    assert server.client.post(f"/jobs/{job_id}/resume").status_code == 202
+    job = server.wait_job(job_id, ("completed",), 300)
+    assert job["done"] == 2 and job["running"] == 0
+
+
 def test_killed_server_restarts_and_jobs_finish(tmp_path, defaults):
     """kill -9 the server while a job runs and another waits: after a restart the queued job runs
     and the interrupted one resumes; it ends with exactly the requested trials, none re-run."""
