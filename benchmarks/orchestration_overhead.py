@@ -41,7 +41,7 @@ def main() -> None:
 
     from promptsearch.coordinator import Workspace, _init_ray, job_trials, run_job, submit
     from promptsearch.data import load_dataset
-    from promptsearch.jobs import job_from_dict, job_space
+    from promptsearch.jobs import check_job, job_from_dict
     from promptsearch.prompts import build_backbone
     from promptsearch.strategies import make_strategy
     from promptsearch.trial import run_trial
@@ -51,7 +51,7 @@ def main() -> None:
         backbone={"name": "torchvision:mobilenet_v2", "image_size": a.image_size, "weights": a.weights},
         budget={"epochs": a.epochs, "threads": a.threads}, strategy="random", trials=a.trials, concurrency=1,
         resources={"cpu": a.threads}, seed=0))
-    space = job_space(spec)
+    space = check_job(spec)  # the job's space, pins applied
     strategy = make_strategy("random", space, spec.objective_list, seed=spec.seed)
     candidates = [strategy.ask() for _ in range(a.trials)]
     print(f"{a.trials} trials: MobileNetV2 {a.image_size} px, {a.epochs} epochs, {a.threads} threads, BreastMNIST")

@@ -44,6 +44,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from .jobs import JobError, JobSpec, check_job, resolve_paths
+from .metrics import clean_metrics
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +104,6 @@ class JobState(BaseModel):
     trials: list[TrialRecord] = Field(default_factory=list)
     hypervolume: list[tuple[int, float]] = Field(default_factory=list)  # (finished trials, hypervolume)
     mlflow: dict[str, Any] = Field(default_factory=dict)  # tracking_uri, experiment_id, parent_run_id
-
-
-def _clean(metrics: dict[str, Any] | None) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for k, v in (metrics or {}).items():
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            continue
-        out[k] = f if math.isfinite(f) else None
-    return out
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -538,7 +528,7 @@ class SearchLoop:
                 signal.signal(sig, h)
 
     def _start_tracking(self) -> None:
-        from .tracking import Tracker
+        from .tracking import Tracker, experiment_name
 
         uri = self.spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or self.ws.tracking_uri
         if uri.startswith("sqlite:///"):
@@ -550,7 +540,7 @@ class SearchLoop:
             m = self.state.mlflow
             m["tracking_uri"] = uri
             m["experiment_id"] = self.tracker.experiment(self.space.name, self.space.hash)
-            m["experiment_name"] = f"promptsearch/{self.space.name}@{self.space.hash[:8]}"
+            m["experiment_name"] = experiment_name(self.space.name, self.space.hash)
             m["parent_run_id"] = self.tracker.start_job(m["experiment_id"], self.job_id, self.job["spec"],
                                                         self.space.hash, m.get("parent_run_id"))
         except Exception as e:  # noqa: BLE001
@@ -695,7 +685,7 @@ class SearchLoop:
         t = self.by_id.get(trial_id)
         if t is None or t.status != "running":
             return
-        t.history.append(_clean(row))
+        t.history.append(clean_metrics(row))
         _where(t, node)
         if t.mlflow_run_id:
             self._track("log_epoch", self.tracker.log_epoch, t.mlflow_run_id, row)
@@ -725,13 +715,13 @@ class SearchLoop:
         else:
             bad = [o.name for o in self.objectives if not _is_finite(result.metrics.get(o.name))]
             if result.status == "completed" and bad:
-                result = result.model_copy(update={"status": "failed", "reason": f"non-finite objective(s): "
+                result = result.model_copy(update={"status": "failed", "reason": "non-finite objective(s): "
                                                    + ", ".join(f"{n}={result.metrics.get(n)}" for n in bad)})
         self.strategy.tell(t.candidate["key"], result)
         t.status = "completed" if result.status == "completed" else "failed"
-        t.reason, t.metrics, t.test_metrics = result.reason, _clean(result.metrics), _clean(result.test_metrics)
+        t.reason, t.metrics, t.test_metrics = result.reason, clean_metrics(result.metrics), clean_metrics(result.test_metrics)
         if result.history:
-            t.history = [_clean(h) for h in result.history]
+            t.history = [clean_metrics(h) for h in result.history]
         t.finished_at = time.time()
         t.wall_time_s = result.wall_time_s or (t.finished_at - t.started_at)
         t.weights = weights if (weights and t.status == "completed") else None
@@ -759,10 +749,10 @@ class SearchLoop:
 
 
 def _where(t: TrialRecord, node: dict[str, Any]) -> None:
-    """Where (and with how much CPU) a trial ran, from what its worker reported."""
-    for key in ("node_id", "node_ip", "pid", "cpu_time_s"):
-        if node.get(key) is not None:
-            setattr(t, key, node[key])
+    """Where (and with how much CPU) a trial ran: the reported fields of ``tune_adapter.node_info``."""
+    for key, value in node.items():
+        if value is not None:
+            setattr(t, key, value)
 
 
 def _is_finite(v: Any) -> bool:

@@ -246,12 +246,6 @@ def _where(source: str, lines: dict[tuple, int], *path: Any) -> str:
     return f"{source}{f':{line}' if line else ''}: {'.'.join(map(str, path))}"
 
 
-def job_space(spec: JobSpec) -> SearchSpace:
-    """The job's space with its ``fix`` pins applied."""
-    space = load_space(spec.space)
-    return space.fix(**spec.fix) if spec.fix else space
-
-
 def check_job(spec: JobSpec, source: str = "<job>", lines: dict[tuple, int] | None = None) -> SearchSpace:
     """Checks that need more than the fields: the space loads, ``fix`` names its decisions, the
     local paths exist and the strategy accepts its options. Returns the (fixed) space."""

@@ -5,7 +5,24 @@
 
 from __future__ import annotations
 
+import math
+
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
+
+
+def clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | None]:
+    """Numeric values as floats, non-finite ones as ``None`` (plain JSON); other values dropped."""
+    out: dict[str, float | None] = {}
+    for k, v in (metrics or {}).items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        out[k] = f if math.isfinite(f) else None
+    return out
 
 
 def classification_metrics(task: str, y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+
+from .metrics import clean_metrics  # noqa: E402
 
 TERMINAL = {"completed": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "cancelled": "KILLED"}
 
@@ -56,15 +57,8 @@ def _flat(prefix: str, data: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(f):
-            out[k] = f
-    return out
+    """The finite numeric values (MLflow takes no NaN)."""
+    return {k: v for k, v in clean_metrics(metrics).items() if v is not None}
 
 
 class Tracker:
@@ -125,7 +119,7 @@ class Tracker:
         self.client.set_tag(run_id, "status", status)
         if message:
             self.client.set_tag(run_id, "message", message[:5000])
-        self.client.set_terminated(run_id, status={"completed": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
+        self.client.set_terminated(run_id, status=TERMINAL.get(status, "KILLED"))
 
     def _plot_curve(self, run_id: str, curve: list[dict]) -> None:
         import matplotlib

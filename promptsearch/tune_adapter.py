@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback, Stopper
 from ray.tune.search import Searcher
 
+from .coordinator import FINISHED
+
 if TYPE_CHECKING:
     from .coordinator import SearchLoop
-
-FINISHED = "FINISHED"  # SearchLoop.ask's "no more trials"
 
 
 class StrategySearcher(Searcher):
