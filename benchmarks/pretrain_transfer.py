@@ -28,7 +28,6 @@ Each finished row is appended to ``benchmarks/data/pretrain_transfer.csv`` at on
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import statistics
@@ -46,8 +45,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from promptsearch.data import Dataset, Split, load_dataset  # noqa: E402
-from promptsearch.pretrain import preprocess  # noqa: E402
-from promptsearch.prompts import BackboneSpec, build_backbone  # noqa: E402
+from promptsearch.prompts import BackboneSpec, build_backbone, file_sha256, preprocess  # noqa: E402
 from promptsearch.space import Candidate, load_space  # noqa: E402
 from promptsearch.trial import Budget, run_trial  # noqa: E402
 
@@ -67,10 +65,6 @@ MODES = ("supervised", "mae", "distill")
 def candidate(space: str, arch: dict[str, Any]) -> Candidate:
     s = load_space(space)
     return s.candidate(s.encode(arch))
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @torch.no_grad()

@@ -67,7 +67,7 @@ def main() -> None:
         space = load_space(space_name)
         cand = space.candidate(space.encode(arch))
         backbone = build_backbone(spec)
-        budget = Budget(epochs=args.epochs, threads=args.threads)
+        budget = Budget(epochs=args.epochs, threads=args.threads, device="cpu")  # where the bare loop runs
         bare, trial = [], []
         for _ in range(args.repeats):
             torch.manual_seed(0)

@@ -50,7 +50,7 @@ from torch import nn
 
 from .data import IMAGE_SUFFIXES, DataError, Split, load_dataset
 from .metrics import classification_metrics
-from .prompts import file_sha256, IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneSpec, build_backbone
+from .prompts import Backbone, BackboneSpec, build_backbone, file_sha256, preprocess
 from .registry import Registry
 from .trial import loss_fn
 
@@ -165,6 +165,17 @@ class Source:
                 "sha256": _images_hash(self.train, self.val)}
 
 
+def epoch_metrics(row: dict[str, float]) -> dict[str, float]:
+    """An epoch's metrics without its bookkeeping (epoch number, learning rate, seconds)."""
+    return {k: v for k, v in row.items() if k not in ("epoch", "lr", "seconds")}
+
+
+def use_flags(backbone: str, image_size: int, patch_size: int | None, weights: str | Path) -> str:
+    """The flags that use a made backbone (``promptsearch trial``/``search``)."""
+    return (f"--backbone {backbone} --image-size {image_size}"
+            + (f" --patch-size {patch_size}" if patch_size else "") + f" --backbone-weights {weights}")
+
+
 def _images_hash(*splits: Split) -> str:
     h = hashlib.sha256()
     for s in splits:
@@ -225,17 +236,6 @@ def load_sources(config: PretrainConfig, data_root: str | Path | None, labeled: 
             raise DataError(f"{name}: images have {src.train.images.shape[1]} channels; expected 1 or 3")
         sources.append(src)
     return sources
-
-
-def preprocess(x: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """(B, C, h, w) floats in [0, 1] -> (B, 3, size, size) normalised, as ``PromptedModel`` does."""
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)  # (B, 3, h, w)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - m) / s  # (B, 3, S, S)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, shift: int = 2) -> torch.Tensor:
@@ -408,8 +408,9 @@ class DistillObjective(Objective):
         weights = Path(self.config.teacher_weights)
         if not weights.is_file():
             raise PretrainError(f"teacher weights {weights} not found")
+        teacher_sha256 = file_sha256(weights)
         key = hashlib.sha256(json.dumps({
-            "teacher": self.config.teacher, "size": self.config.teacher_image_size, "weights": file_sha256(weights),
+            "teacher": self.config.teacher, "size": self.config.teacher_image_size, "weights": teacher_sha256,
             "data": [_images_hash(s.train, s.val) for s in sources]}).encode()).hexdigest()
         cache = out_dir / TEACHER_CACHE
         raw: dict[str, torch.Tensor] = {}
@@ -445,7 +446,7 @@ class DistillObjective(Objective):
         self.targets = {k: (v - mean) / std for k, v in raw.items()}
         torch.manual_seed(self.config.seed + 1)  # same init whether or not the teacher ran (it draws too)
         self.proj = nn.Linear(self.num_features, train.shape[1])  # made here: T is known now
-        return {"teacher": {"name": self.config.teacher, "weights": str(weights), "weights_sha256": file_sha256(weights),
+        return {"teacher": {"name": self.config.teacher, "weights": str(weights), "weights_sha256": teacher_sha256,
                             "image_size": self.config.teacher_image_size, "features": int(train.shape[1]),
                             "target": "standardised pooled features", "cache": TEACHER_CACHE, "cache_reused": cached}}
 
@@ -563,18 +564,16 @@ def _export(objective: Objective, backbone: Backbone, config: PretrainConfig, so
 
     from . import __version__
 
-    final = {k: v for k, v in history[-1].items() if k not in ("epoch", "lr", "seconds")}
     doc = {
         "format": "promptsearch-backbone", "version": SIDECAR_VERSION,
         "weights": WEIGHTS, "sha256": file_sha256(weights), "bytes": weights.stat().st_size,
         "backbone": {"name": config.backbone, "image_size": config.image_size, "patch_size": config.patch_size,
                      "num_features": backbone.num_features, "params": sum(v.numel() for v in state.values()),
                      "mean": list(backbone.mean), "std": list(backbone.std)},
-        "use": (f"--backbone {config.backbone} --image-size {config.image_size}"
-                + (f" --patch-size {config.patch_size}" if config.patch_size else "") + f" --backbone-weights {weights}"),
+        "use": use_flags(config.backbone, config.image_size, config.patch_size, weights),
         "mode": config.mode, "config": config.model_dump(mode="json"),
         "data": [s.describe() for s in sources],
-        "epochs": len(history), "steps": steps, "metrics": final, "history": history,
+        "epochs": len(history), "steps": steps, "metrics": epoch_metrics(history[-1]), "history": history,
         "wall_time_s": round(elapsed, 2), "peak_rss_mb": round(_peak_rss_mb(), 1),
         "threads": torch.get_num_threads(),
         "versions": {"promptsearch": __version__, "torch": torch.__version__, "timm": timm.__version__},
@@ -661,14 +660,15 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, data_root: str | Path 
                 for g in optimizer.param_groups:
                     g["lr"] = _lr_at(step, total_steps, config)
                 loss, _ = objective.loss(batch, gen)
-                if not torch.isfinite(loss):
+                value = loss.item()  # one device sync a step
+                if not math.isfinite(value):
                     raise PretrainError(f"non-finite loss at epoch {epoch}, step {step + 1}: lower --lr "
                                         f"(now {config.lr}); the last good checkpoint is kept")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
                 optimizer.step()
-                total += loss.item() * len(batch.y)
+                total += value * len(batch.y)
                 n += len(batch.y)
                 step += 1
                 hooks.advance(1, loss=total / n)
@@ -689,10 +689,9 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, data_root: str | Path 
                       history=history, wall_time_s=round(elapsed, 2), peak_rss_mb=round(_peak_rss_mb(), 1))
         if done < config.epochs:
             return PretrainResult(status="stopped", **result)
-        weights, sidecar = _export(objective, backbone, config, sources, out_dir, history, facts, elapsed,
-                                   per_epoch * config.epochs)
-        final = {k: v for k, v in history[-1].items() if k not in ("epoch", "lr", "seconds")}
-        return PretrainResult(status="completed", weights=str(weights), sidecar=str(sidecar), metrics=final, **result)
+        weights, sidecar = _export(objective, backbone, config, sources, out_dir, history, facts, elapsed, total_steps)
+        return PretrainResult(status="completed", weights=str(weights), sidecar=str(sidecar),
+                              metrics=epoch_metrics(history[-1]), **result)
     finally:
         torch.set_num_threads(old_threads)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,18 @@ class Backbone:
 BACKBONE_SOURCES: Registry = Registry("backbone source")
 
 
+def preprocess(x: torch.Tensor, size: int, mean: Sequence[float] | torch.Tensor,
+               std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) floats in [0, 1] -> (B, 3, size, size) normalised with the backbone's mean/std."""
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)  # (B, 3, h, w)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std  # (B, 3, S, S)
+
+
 def file_sha256(path: str | Path) -> str:
     """The sha256 of a (weights) file, read in 1 MiB chunks."""
     import hashlib
@@ -399,11 +412,7 @@ class PromptedModel(nn.Module):
         return self
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)  # (B, 3, h, w)
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        return (x - self.mean) / self.std  # (B, 3, S, S)
+        return preprocess(x, self.image_size, self.mean, self.std)  # (B, 3, S, S)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.preprocess(x)

@@ -137,15 +137,16 @@ def train_model(model: PromptedModel, data: Dataset, budget: Budget, seed: int,
         total, n = 0.0, 0
         for x, y in _batches(train, budget.batch_size, gen, _device(model)):
             loss = loss_fn(data.task, model(x), y)
-            if not torch.isfinite(loss):
-                raise TrialFailed(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {steps + 1}")
-            if loss.item() > budget.diverge_loss:
-                raise TrialFailed(f"diverged: loss {loss.item():.3g} at epoch {epoch}, step {steps + 1}")
+            value = loss.item()  # one device sync a step
+            if not math.isfinite(value):
+                raise TrialFailed(f"non-finite loss ({value}) at epoch {epoch}, step {steps + 1}")
+            if value > budget.diverge_loss:
+                raise TrialFailed(f"diverged: loss {value:.3g} at epoch {epoch}, step {steps + 1}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.item() * len(y)
+            total += value * len(y)
             n += len(y)
             steps += 1
         row = {"epoch": float(epoch), "train_loss": total / max(n, 1)}
@@ -175,7 +176,7 @@ def run_trial(candidate: Candidate, data: Dataset, backbone: BackboneSpec | Back
         history, steps = train_model(model, data, budget, seed, on_epoch, train, val)
         final = {k.removeprefix("val_"): v for k, v in history[-1].items() if k.startswith("val_")}
         final.update({k: float(v) for k, v in model.cost().items()})
-        final["latency_ms"] = latency_ms(model, data.val.images.float() / 255.0, budget.latency_repeats)
+        final["latency_ms"] = latency_ms(model, data.val.images[:1].float() / 255.0, budget.latency_repeats)
         test = evaluate(model, data.test.subset(budget.max_eval_samples, 0), data.task, budget.eval_batch_size)
         if not all(math.isfinite(final[k]) for k in ("auc", "accuracy", "worst_class_recall")):
             raise TrialFailed(f"non-finite validation metrics: {final}")

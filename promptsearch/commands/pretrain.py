@@ -45,7 +45,9 @@ class RichHooks:
         pass
 
     def epoch_end(self, epoch: int, row: dict[str, float]) -> None:
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "lr", "seconds"))
+        from ..pretrain import epoch_metrics
+
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in epoch_metrics(row).items())
         self.progress.console.print(f"epoch {epoch}: {shown}  ({row['seconds']:.0f} s, checkpoint saved)")
 
 
@@ -80,6 +82,7 @@ def pretrain(
     from ..data import DataError
     from ..pretrain import PretrainConfig, PretrainError
     from ..pretrain import pretrain as run
+    from ..pretrain import use_flags
 
     try:
         config = PretrainConfig.make(
@@ -115,8 +118,7 @@ def pretrain(
     t.add_row("wall time (s)", f"{result.wall_time_s:.0f}")
     t.add_row("peak RSS (MB)", f"{result.peak_rss_mb:.0f}")
     console.print(t)
-    sizes = f"--image-size {image_size}" + (f" --patch-size {patch_size}" if patch_size else "")
-    console.print(f"use it: --backbone {backbone} {sizes} --backbone-weights {result.weights}")
+    console.print(f"use it: {use_flags(backbone, image_size, patch_size, result.weights)}")
 
 
 def register(app: typer.Typer) -> None:
