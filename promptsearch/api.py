@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import hmac
-import io
 import logging
 import os
 import re
@@ -35,8 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
@@ -225,13 +224,20 @@ class JobRunner:
 
 
 # --- coordinator access ---------------------------------------------------------------------------
+def _existing(workspace: Path, job_id: str) -> None:
+    """404 unless ``job_id`` is a valid, exact id of a job in the workspace (no prefixes)."""
+    from . import coordinator
+
+    valid_id(job_id)
+    if job_id not in coordinator.Workspace(workspace).job_ids():
+        raise HTTPException(404, f"unknown job {job_id!r}")
+
+
 def _status(workspace: Path, job_id: str) -> dict[str, Any]:
     """The coordinator's ``job_status`` of an existing job, by its exact, validated id (else 404)."""
     from . import coordinator
 
-    valid_id(job_id)
-    if job_id not in coordinator.Workspace(workspace).job_ids():  # exact ids only, no prefixes
-        raise HTTPException(404, f"unknown job {job_id!r}")
+    _existing(workspace, job_id)
     return coordinator.job_status(workspace, job_id)
 
 
@@ -380,7 +386,7 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
     def get_job(job_id: str) -> dict[str, Any]:
         """Status, progress, best values, hypervolume, objectives and the job's fields."""
         st = _status(ws, job_id)
-        return {**_summary(st, runner).model_dump(), "objectives": _objectives_json(ws, job_id),
+        return {**_summary(st, runner).model_dump(), "objectives": st["objectives"],
                 "spec": _spec_json(ws, job_id)}
 
     @app.post("/jobs/{job_id}/cancel", status_code=202, tags=["jobs"], dependencies=guarded)
@@ -409,8 +415,10 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
     def trials(job_id: str, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=10000),
                status: Literal["completed", "failed", "preempted", "running"] | None = None) -> TrialPage:
         """The job's trials in submission order, paged; ``status`` filters."""
-        _status(ws, job_id)
-        rows = _trials(ws, job_id)
+        from . import coordinator
+
+        _existing(ws, job_id)
+        rows = _trials(coordinator.job_trials(ws, job_id), _objectives(ws, job_id))
         if status:
             rows = [t for t in rows if t.status == status]
         return TrialPage(total=len(rows), offset=offset, limit=limit, trials=rows[offset:offset + limit])
@@ -418,7 +426,7 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
     @app.get("/jobs/{job_id}/pareto", tags=["jobs"], dependencies=guarded)
     def pareto(job_id: str) -> Pareto:
         """The Pareto front over the job's objectives, its knee, and the hypervolume curve."""
-        _status(ws, job_id)
+        _existing(ws, job_id)
         return _pareto(ws, job_id)
 
     @app.get("/jobs/{job_id}/export", tags=["jobs"], dependencies=guarded,
@@ -428,7 +436,7 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
         """The export bundle (config.json, prompts.safetensors, MODEL_CARD.md) of one trial, as a zip."""
         from .export import ExportError, NothingToExport, UnknownTrial, bundle_bytes, export_job
 
-        _status(ws, job_id)
+        _existing(ws, job_id)
         if pick.startswith("trial="):
             valid_id(pick.removeprefix("trial="), "trial id")
         with tempfile.TemporaryDirectory(prefix="promptsearch-export-") as tmp:
@@ -631,10 +639,6 @@ def _objectives(ws: Path, job_id: str):
     return JobSpec.model_validate(coordinator.Workspace(ws).read_job(job_id)["spec"]).objective_list
 
 
-def _objectives_json(ws: Path, job_id: str) -> list[dict[str, Any]]:
-    return [o.model_dump(mode="json") for o in _objectives(ws, job_id)]
-
-
 def _spec_json(ws: Path, job_id: str) -> dict[str, Any]:
     from . import coordinator
 
@@ -647,13 +651,10 @@ def _spec_json(ws: Path, job_id: str) -> dict[str, Any]:
     return spec
 
 
-def _trials(ws: Path, job_id: str) -> list[TrialOut]:
-    """Trial records with their Pareto rank over the job's objectives (0 = on the front)."""
-    from . import coordinator
+def _trials(records: list[dict[str, Any]], objectives) -> list[TrialOut]:
+    """Trial records (``job_trials``) with their Pareto rank over the job's objectives (0 = on the front)."""
     from .objectives import nondominated_ranks, objective_values, usable_indices
 
-    records = coordinator.job_trials(ws, job_id)
-    objectives = _objectives(ws, job_id)
     usable = usable_indices(records, objectives)
     ranks = nondominated_ranks(objective_values(records, objectives), objectives) if usable else []
     rank_of = {i: int(r) for i, r in zip(usable, ranks)}
@@ -676,15 +677,16 @@ def _pareto(ws: Path, job_id: str) -> Pareto:
     from . import coordinator
     from .objectives import ObjectiveError, pick
 
-    trials = _trials(ws, job_id)
+    state = coordinator.Workspace(ws).read_state(job_id)  # one read: trials and curve agree
+    records = [t.model_dump(mode="json") for t in state.trials]
     objectives = _objectives(ws, job_id)
-    records = [{"status": t.status, "metrics": t.metrics} for t in trials]
+    trials = _trials(records, objectives)
     try:
         knee = trials[pick(records, objectives, "knee")].trial_id
     except ObjectiveError:
         knee = None
     # the coordinator's curve: (finished trials, hypervolume) after each finished trial, in that order
-    curve = coordinator.Workspace(ws).read_state(job_id).hypervolume
+    curve = state.hypervolume
     ended = sorted((t for t in trials if t.status in ("completed", "failed") and t.finished), key=lambda t: t.finished)
     points = [{"n": int(n), "hypervolume": float(hv), "trial_id": ended[k].trial_id if k < len(ended) else None}
               for k, (n, hv) in enumerate(curve)]

@@ -479,7 +479,7 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
     from .objectives import ObjectiveError
     from .objectives import pick as pick_trial
 
-    ws = workspace if isinstance(workspace, coordinator.Workspace) else coordinator.Workspace(workspace)
+    ws = coordinator._ws(workspace)
     try:
         job_id = ws.resolve(job_id)
     except JobError as e:

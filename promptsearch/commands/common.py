@@ -22,6 +22,8 @@ Backbone = typer.Option("vit_tiny_patch16_224", "--backbone",
 BackboneWeights = typer.Option(None, "--backbone-weights", help="Local weights file for the backbone (offline).")
 Pretrained = typer.Option(False, "--pretrained", help="Fetch the backbone's pretrained weights from the hub.")
 ImageSize = typer.Option(None, "--image-size", help="Backbone working size in pixels (default: the backbone's).")
+Workspace = typer.Option(None, "--workspace", envvar="PROMPTSEARCH_WORKSPACE",
+                         help="Folder holding jobs, Ray Tune storage and the MLflow store (default ./promptsearch-runs).")
 PatchSize = typer.Option(None, "--patch-size", help="ViT patch size override (e.g. 4 for 28 px input).")
 
 

@@ -11,17 +11,14 @@ from typing import Optional
 
 import typer
 
-from .common import console, fail, print_json
-
-Workspace = typer.Option(Path("promptsearch-runs"), "--workspace", envvar="PROMPTSEARCH_WORKSPACE",
-                         help="Folder holding the jobs (default ./promptsearch-runs).")
+from .common import Workspace, console, fail, print_json
 
 
 def export(job: str = typer.Argument(..., help="Job id."),
            pick: str = typer.Option("knee", "--pick", help="'knee', 'best:<objective>[ where <metric> <= v]' or 'trial=<id>'."),
            out: Path = typer.Option(..., "--out", help="Bundle folder to write."),
            zip_: bool = typer.Option(False, "--zip", help="Also write OUT.zip."),
-           workspace: Path = Workspace) -> None:
+           workspace: Optional[Path] = Workspace) -> None:
     """Export one trial of a job (the knee of its Pareto front by default) as a loadable bundle."""
     from ..export import ExportError, export_job
 

@@ -18,13 +18,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .common import console, fail, out, print_json
+from .common import Workspace, console, fail, out, print_json
 
 # tables stay readable in logs and CI (a non-terminal console would default to 80 columns)
 wide = out if out.is_terminal else Console(width=160)  # tables to stdout (pipe-able), wide when piped
 
-Workspace = typer.Option(None, "--workspace", envvar="PROMPTSEARCH_WORKSPACE",
-                         help="Folder holding jobs, Ray Tune storage and the MLflow store (default ./promptsearch-runs).")
 RayAddress = typer.Option(None, "--ray-address", help="Join an existing Ray cluster ('auto' or host:port) instead of starting Ray.")
 
 
@@ -42,7 +40,8 @@ def _arch(candidate: dict[str, Any]) -> str:
     """A compact architecture: decision values (``lr`` and ``tokens`` named) and the components on."""
     arch = dict(candidate.get("architecture", {}))
     comps = arch.pop("components", {})
-    arch.pop("module", None) if arch.get("module") == "pixel" and "tokens" not in arch else None
+    if arch.get("module") == "pixel" and "tokens" not in arch:
+        arch.pop("module")
     parts = [f"{k} {v}" if k in ("lr", "tokens", "frame_width", "dropout", "weight_decay") else str(v) for k, v in arch.items()]
     on = [c for names in comps.values() for c in names]
     return " ".join(parts) + (f" [{','.join(on)}]" if on else "")
