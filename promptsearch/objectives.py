@@ -160,7 +160,8 @@ def _status_metrics(result: Any) -> tuple[str | None, Mapping[str, Any]]:
     return getattr(result, "status", None), getattr(result, "metrics", None) or {}
 
 
-def _row(result: Any, objectives: Sequence[Objective]) -> np.ndarray | None:
+def objective_row(result: Any, objectives: Sequence[Objective]) -> np.ndarray | None:
+    """A completed result's raw objective values (m,), or None if it failed or any is missing or non-finite."""
     status, metrics = _status_metrics(result)
     if status != "completed":
         return None
@@ -173,12 +174,12 @@ def _row(result: Any, objectives: Sequence[Objective]) -> np.ndarray | None:
 
 def usable_indices(results: Sequence[Any], objectives: Sequence[Objective] = DEFAULT_OBJECTIVES) -> list[int]:
     """Indices of completed results with a finite value for every objective."""
-    return [i for i, r in enumerate(results) if _row(r, objectives) is not None]
+    return [i for i, r in enumerate(results) if objective_row(r, objectives) is not None]
 
 
 def objective_values(results: Sequence[Any], objectives: Sequence[Objective] = DEFAULT_OBJECTIVES) -> np.ndarray:
     """Raw objective values of the usable results, ``(n_usable, m)`` in :func:`usable_indices` order."""
-    rows = [r for r in (_row(x, objectives) for x in results) if r is not None]
+    rows = [r for r in (objective_row(x, objectives) for x in results) if r is not None]
     return np.array(rows, dtype=float).reshape(len(rows), len(objectives))
 
 
@@ -283,7 +284,7 @@ FAILED_REWARD = 0.0  # a failed or unusable trial scores the worst possible norm
 def scalarize(result: Any, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES,
               weights: Scalarization | Mapping[str, Any] | None = None) -> float:
     """The weighted sum of a result's normalised objectives, in ``[0, 1]``; failed -> 0.0."""
-    row = _row(result, objectives)
+    row = objective_row(result, objectives)
     if row is None:
         return FAILED_REWARD
     s = weights if isinstance(weights, Scalarization) else Scalarization(**(weights or {}))

@@ -31,9 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
-
-from ..objectives import Objective, Scalarization, normalised_values, parse_objectives, scalarize
+from ..objectives import Objective, Scalarization, normalised_values, objective_row, parse_objectives, scalarize
 from ..registry import Registry
 from ..space import Candidate, SearchSpace
 from ..trial import TrialResult
@@ -106,7 +104,7 @@ class Strategy(ABC):
     # --- the public interface ---------------------------------------------------------------
     def ask(self) -> Candidate:
         """The next candidate: valid, and never one already asked unless the space is exhausted."""
-        exhausted = len(self.asked) >= self._size
+        exhausted = self.exhausted
         genome = None
         for _ in range(max(1, self.max_retries)):
             g = self._valid(self._propose())
@@ -138,19 +136,9 @@ class Strategy(ABC):
         self._observe(obs)
 
     def observation(self, genome: Genome, result: TrialResult | Mapping[str, Any]) -> Observation:
-        status = result.get("status") if isinstance(result, Mapping) else result.status
-        metrics = (result.get("metrics") if isinstance(result, Mapping) else result.metrics) or {}
-        values = None
-        if status == "completed":
-            try:
-                raw = np.array([float(metrics[o.name]) for o in self.objectives])
-            except (KeyError, TypeError, ValueError):
-                raw = None
-            if raw is not None and np.isfinite(raw).all():
-                values = tuple(float(x) for x in normalised_values(raw, self.objectives)[0])
-        reward = scalarize({"status": "completed", "metrics": metrics} if values is not None else {"status": "failed"},
-                           self.objectives, self.scalarization)
-        return Observation(tuple(genome), values, reward)
+        row = objective_row(result, self.objectives)  # (m,) raw values, None: failed or unusable
+        values = None if row is None else tuple(float(x) for x in normalised_values(row, self.objectives)[0])
+        return Observation(tuple(genome), values, scalarize(result, self.objectives, self.scalarization))
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state; ``load_state_dict`` on a fresh object restores it exactly."""
@@ -160,13 +148,17 @@ class Strategy(ABC):
                 "told": [o.to_json() for o in self.told], "told_keys": sorted(self._told_keys),
                 "own": self._state()}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def _check_state(self, state: Mapping[str, Any]) -> None:
+        """A state made by this strategy (name, version) for this space, else a clear error."""
         if state.get("version") != STATE_VERSION or state.get("strategy") != self.name:
             raise StrategyError(f"state is for {state.get('strategy')} v{state.get('version')}, "
                                 f"not {self.name} v{STATE_VERSION}")
         if state.get("space_hash") != self.space.hash:
             raise StrategyError(f"state was made for space {state.get('space')!r} ({state.get('space_hash')}), "
                                 f"not {self.space.name!r} ({self.space.hash})")
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._check_state(state)
         self.seed = int(state["seed"])
         rng_from_json(self.rng, state["rng"])
         self.asked = {tuple(g): i for i, g in enumerate(state["asked"])}
@@ -222,9 +214,10 @@ def make_strategy(name: str, space: SearchSpace, objectives: Any = None, seed: i
         cls = STRATEGIES.get_or_raise(name)
     except KeyError as e:
         raise StrategyError(str(e.args[0])) from None
-    params = {p for c in type.mro(cls) if c is not object and "__init__" in c.__dict__
-              for p in inspect.signature(c.__init__).parameters}
-    params -= {"self", "space", "objectives", "seed", "options", "kwargs"}
+    params = {p.name for c in type.mro(cls) if c is not object and "__init__" in c.__dict__
+              for p in inspect.signature(c.__init__).parameters.values()
+              if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}  # **common etc. are not options
+    params -= {"self", "space", "objectives", "seed"}
     unknown = sorted(set(options) - params)
     if unknown:
         raise StrategyError(f"strategy {name!r} has no option {', '.join(map(repr, unknown))}; "

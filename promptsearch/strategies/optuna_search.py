@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from ..registry import Registry
 from ..space import Candidate
-from .base import STATE_VERSION, STRATEGIES, Genome, Observation, Strategy, StrategyError
+from .base import STRATEGIES, Genome, Observation, Strategy, StrategyError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -135,11 +135,7 @@ class OptunaStrategy(Strategy):
         return {"sampler": self.sampler_name, "events": list(self.events)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION or state.get("strategy") != self.name:
-            raise StrategyError(f"state is for {state.get('strategy')} v{state.get('version')}, "
-                                f"not {self.name} v{STATE_VERSION}")
-        if state.get("space_hash") != self.space.hash:
-            raise StrategyError(f"state was made for space {state.get('space')!r}, not {self.space.name!r}")
+        self._check_state(state)
         if state["own"]["sampler"] != self.sampler_name or state["seed"] != self.seed:
             raise StrategyError(f"state was made with sampler {state['own']['sampler']!r} and seed {state['seed']}, "
                                 f"this strategy has {self.sampler_name!r} and seed {self.seed}")
