@@ -42,7 +42,7 @@ def main() -> None:
     from promptsearch.coordinator import Workspace, _init_ray, job_trials, run_job, submit
     from promptsearch.data import load_dataset
     from promptsearch.jobs import check_job, job_from_dict
-    from promptsearch.prompts import build_backbone
+    from promptsearch.backbones import build_backbone
     from promptsearch.strategies import make_strategy
     from promptsearch.trial import run_trial
 
@@ -60,7 +60,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     data = load_dataset(spec.dataset, root=spec.data_root)
-    backbone = build_backbone(spec.backbone.spec())
+    backbone = build_backbone(spec.backbone)
     seq, seq_cpu = [], []
     for c in candidates:
         c0 = time.process_time()

@@ -45,7 +45,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from promptsearch.data import Dataset, Split, load_dataset  # noqa: E402
-from promptsearch.prompts import BackboneSpec, build_backbone, file_sha256, preprocess  # noqa: E402
+from promptsearch.backbones import BackboneSpec, build_backbone, preprocess  # noqa: E402
+from promptsearch.files import file_sha256  # noqa: E402
 from promptsearch.space import Candidate, load_space  # noqa: E402
 from promptsearch.trial import Budget, run_trial  # noqa: E402
 

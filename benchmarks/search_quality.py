@@ -114,7 +114,7 @@ def record(out: Path = typer.Option(DEFAULT_TABLE, help="CSV to append to (resum
     import torch
 
     from promptsearch.data import load_dataset
-    from promptsearch.prompts import BackboneSpec, build_backbone
+    from promptsearch.backbones import BackboneSpec, build_backbone
     from promptsearch.trial import Budget, run_trial
 
     torch.set_num_threads(threads)

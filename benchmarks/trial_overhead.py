@@ -15,7 +15,8 @@ import time
 import torch
 
 from promptsearch.data import load_dataset
-from promptsearch.prompts import BackboneSpec, build_backbone, build_prompted_model
+from promptsearch.backbones import BackboneSpec, build_backbone
+from promptsearch.prompts import build_prompted_model
 from promptsearch.space import load_space
 from promptsearch.trial import Budget, run_trial
 

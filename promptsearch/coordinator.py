@@ -588,7 +588,7 @@ class SearchLoop:
         budget = self.spec.budget.model_dump()
         budget["threads"] = budget["threads"] or max(1, int(self.spec.resources.cpu))
         return {"job_id": self.job_id, "space": self.job["space"], "dataset": self.spec.dataset,
-                "data_root": self.spec.data_root, "backbone": self.spec.backbone.spec().to_json(), "budget": budget,
+                "data_root": self.spec.data_root, "backbone": self.spec.backbone.to_json(), "budget": budget,
                 "weights_dir": str(self.dir / "weights"), "faults": _faults()}
 
     def _finish(self, error: BaseException | None) -> None:

@@ -30,7 +30,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
-from .prompts import file_sha256, BackboneSpec, PromptedModel, build_backbone, build_prompted_model
+from .backbones import BackboneSpec, build_backbone
+from .files import file_sha256
+from .prompts import PromptedModel, build_prompted_model
 from .space import SearchSpace, SpaceFile
 
 BUNDLE_FORMAT = "promptsearch-bundle/1"
@@ -51,25 +53,17 @@ class UnknownTrial(ExportError):
 
 
 # --- the config schema ---------------------------------------------------------------------------
-class BackboneRecord(BaseModel):
-    """The frozen backbone: enough to rebuild it and to find its weights again (they are not bundled)."""
+class BackboneRecord(BackboneSpec):
+    """The frozen backbone: enough to rebuild it and to find its weights again (they are not bundled).
+    ``weights`` is the local file the trial used, as recorded (it may not exist elsewhere)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    image_size: int | None = None
-    patch_size: int | None = None
-    weights: str | None = None  # the local file the trial used, as recorded (may not exist elsewhere)
     weights_file: str | None = None  # its file name
     weights_sha256: str | None = None  # checked by load_exported when the file is available
-    pretrained: bool = False
-    kwargs: dict[str, Any] = Field(default_factory=dict)
     obtain: str = ""  # how to get the weights: a human-readable line with the upstream source
 
     def spec(self, weights: str | None = None) -> BackboneSpec:
-        return BackboneSpec(self.name, image_size=self.image_size, patch_size=self.patch_size,
-                            weights=weights if weights is not None else self.weights,
-                            pretrained=self.pretrained, kwargs=dict(self.kwargs))
+        fields = self.model_dump(include=set(BackboneSpec.model_fields))
+        return BackboneSpec(**{**fields, "weights": weights if weights is not None else self.weights})
 
 
 class InputRecord(BaseModel):
@@ -514,7 +508,7 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
               "status": trial["status"], "epochs": len(trial.get("history") or []),
               "wall_time_s": trial.get("wall_time_s"), "mlflow_run_id": trial.get("mlflow_run_id")}
     folder = write_bundle(out, space=space, genome=trial["candidate"]["genome"], weights=weights,
-                          backbone=spec.backbone.spec(), task=meta["task"], classes=meta["classes"],
+                          backbone=spec.backbone, task=meta["task"], classes=meta["classes"],
                           input_channels=meta["channels"], input_size=meta["size"], metrics=clean(trial["metrics"]),
                           test_metrics=clean(trial.get("test_metrics")), dataset=meta["record"],
                           budget=spec.budget.model_dump(mode="json"), seed=int(trial.get("seed", spec.seed)),

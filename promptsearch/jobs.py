@@ -27,29 +27,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .space import Scalar, SearchSpace, SpaceError, _compose, _error_line, _format_validation, load_space
+from .backbone_spec import BackboneSpec
 from .budget import Budget
 
 
 class JobError(ValueError):
     """An invalid job (file, field or override): the message names the file, line and field."""
-
-
-class BackboneConfig(BaseModel):
-    """The frozen backbone of every trial (see :class:`promptsearch.prompts.BackboneSpec`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = "vit_tiny_patch16_224"  # timm name, or torchvision:<name>
-    image_size: int | None = Field(None, ge=8, le=2048)  # None: the backbone's own size
-    patch_size: int | None = Field(None, ge=1, le=64)  # ViTs only (e.g. 4 for 28-px input)
-    weights: str | None = None  # a local weights file (offline first)
-    pretrained: bool = False  # fetch hub weights (needs network)
-
-    def spec(self):
-        from .prompts import BackboneSpec
-
-        return BackboneSpec(self.name, image_size=self.image_size, patch_size=self.patch_size,
-                            weights=self.weights, pretrained=self.pretrained)
 
 
 class Resources(BaseModel):
@@ -83,7 +66,7 @@ class JobSpec(BaseModel):
     fix: dict[str, Scalar] = Field(default_factory=dict)  # pin decisions, e.g. {module: pixel} on a CNN
     dataset: str = "breastmnist"  # MedMNIST name, or folder:PATH
     data_root: str | None = None  # None: $PROMPTSEARCH_DATA_ROOT
-    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    backbone: BackboneSpec = Field(default_factory=BackboneSpec)
     budget: Budget = Field(default_factory=Budget)  # training of one trial
     strategy: str = "random"  # a name in promptsearch.strategies.STRATEGIES
     strategy_options: dict[str, Any] = Field(default_factory=dict)

@@ -50,7 +50,8 @@ from torch import nn
 
 from .data import IMAGE_SUFFIXES, DataError, Split, load_dataset
 from .metrics import classification_metrics
-from .prompts import Backbone, BackboneSpec, build_backbone, file_sha256, preprocess
+from .backbones import Backbone, BackboneSpec, build_backbone, preprocess
+from .files import file_sha256
 from .registry import Registry
 from .trial import loss_fn
 

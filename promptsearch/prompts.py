@@ -19,22 +19,14 @@ prompt (components + fusion) and a new linear head.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .backbones import Backbone, BackboneSpec, build_backbone, preprocess
 from .registry import Registry
 from .space import Architecture
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class IncompatibleCandidate(ValueError):
@@ -215,166 +207,6 @@ class PixelPrompt(nn.Module):
         canvas = x.new_zeros(B, 3, self.image_size * self.image_size)  # (B, 3, S*S)
         canvas = canvas.index_copy(2, self.region, pattern)
         return x + canvas.view_as(x)  # (B, 3, S, S)
-
-
-# --- backbones ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Which frozen model to prompt, at what working size, with which weights.
-
-    ``name``: a timm model name, or ``torchvision:<name>`` for torchvision's classification models.
-    ``weights``: a local file (offline first); ``pretrained=True`` lets timm/torchvision fetch hub
-    weights; neither = random init (tests). ``image_size=None`` follows the backbone's default.
-    """
-
-    name: str = "vit_tiny_patch16_224"
-    image_size: int | None = None
-    patch_size: int | None = None  # ViTs only: override the patch size (e.g. 4 for 28 px input)
-    weights: str | None = None
-    pretrained: bool = False
-    kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "image_size": self.image_size, "patch_size": self.patch_size,
-                "weights": self.weights, "pretrained": self.pretrained, "kwargs": dict(self.kwargs)}
-
-
-@dataclass
-class Backbone:
-    model: nn.Module  # returns (B, num_features) pooled features
-    num_features: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    is_vit: bool
-
-
-BACKBONE_SOURCES: Registry = Registry("backbone source")
-
-
-def preprocess(x: torch.Tensor, size: int, mean: Sequence[float] | torch.Tensor,
-               std: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) floats in [0, 1] -> (B, 3, size, size) normalised with the backbone's mean/std."""
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)  # (B, 3, h, w)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std  # (B, 3, S, S)
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a (weights) file, read in 1 MiB chunks."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a .safetensors or torch file (``weights_only``: no code is run)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"backbone weights {path} not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    return state
-
-
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], skip_prefixes: tuple[str, ...], source: str) -> None:
-    own = model.state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith(skip_prefixes)}
-    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if bad:
-        raise ValueError(f"{source}: shapes differ for {bad[:5]} (wrong architecture or image/patch size?)")
-    missing = [k for k in own if k not in state and not k.startswith(skip_prefixes)]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise ValueError(f"{source}: does not match the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.load_state_dict(state, strict=False)
-
-
-def weights_geometry(weights: str | Path | None) -> dict[str, int]:
-    """Image/patch size recorded beside a weights file made by ``promptsearch pretrain`` (its
-    ``.json`` sidecar), so ``--backbone-weights FILE`` alone builds the ViT it was trained as."""
-    sidecar = Path(weights).with_suffix(".json") if weights else None
-    if sidecar is None or not sidecar.is_file():
-        return {}
-    try:
-        doc = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return {}
-    if doc.get("format") != "promptsearch-backbone":
-        return {}
-    return {k: v for k, v in doc.get("backbone", {}).items() if k in ("image_size", "patch_size") and v}
-
-
-@BACKBONE_SOURCES.register("timm")
-def _timm_backbone(spec: BackboneSpec, name: str) -> Backbone:
-    import timm
-    from timm.layers import resample_abs_pos_embed
-
-    kwargs = dict(spec.kwargs)
-    made = weights_geometry(spec.weights)  # explicit sizes win; the sidecar fills the gaps
-    image_size, patch_size = spec.image_size or made.get("image_size"), spec.patch_size or made.get("patch_size")
-    if image_size:
-        kwargs["img_size"] = image_size
-    if patch_size:
-        kwargs["patch_size"] = patch_size
-    try:
-        model = timm.create_model(name, pretrained=spec.pretrained, num_classes=0, **kwargs)
-    except TypeError as e:  # a CNN given img_size/patch_size
-        if "img_size" in kwargs or "patch_size" in kwargs:
-            kwargs.pop("img_size", None), kwargs.pop("patch_size", None)
-            model = timm.create_model(name, pretrained=spec.pretrained, num_classes=0, **kwargs)
-        else:
-            raise ValueError(f"timm model {name!r}: {e}") from None
-    if spec.weights:
-        state = load_state_file(spec.weights)
-        if "pos_embed" in state and hasattr(model, "pos_embed") and state["pos_embed"].shape != model.pos_embed.shape:
-            prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
-            state["pos_embed"] = resample_abs_pos_embed(
-                state["pos_embed"], new_size=model.patch_embed.grid_size, num_prefix_tokens=prefix)
-        classifier = model.pretrained_cfg.get("classifier", "head")
-        classifiers = tuple(classifier) if isinstance(classifier, (list, tuple)) else (classifier,)
-        _load_into(model, state, tuple(f"{c}." for c in classifiers) + ("head.", "fc."), spec.weights)
-    cfg = model.pretrained_cfg
-    size = image_size or (cfg.get("input_size", (3, 224, 224))[-1])
-    is_vit = all(hasattr(model, a) for a in ("patch_embed", "blocks", "_pos_embed", "num_prefix_tokens", "forward_head"))
-    return Backbone(model, model.num_features, size, tuple(cfg.get("mean", IMAGENET_MEAN)),
-                    tuple(cfg.get("std", IMAGENET_STD)), is_vit)
-
-
-@BACKBONE_SOURCES.register("torchvision")
-def _torchvision_backbone(spec: BackboneSpec, name: str) -> Backbone:
-    import torchvision
-
-    try:
-        model = torchvision.models.get_model(name, weights="DEFAULT" if spec.pretrained else None, **spec.kwargs)
-    except ValueError as e:
-        raise ValueError(f"torchvision model {name!r}: {e}") from None
-    if spec.weights:
-        _load_into(model, load_state_file(spec.weights), (), spec.weights)
-    # strip the final classifier layer (fc, classifier[-1], heads.head, ...): features come out
-    last_name, last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
-    parent = model.get_submodule(last_name.rpartition(".")[0]) if "." in last_name else model
-    setattr(parent, last_name.rpartition(".")[2], nn.Identity())
-    return Backbone(model, last.in_features, spec.image_size or 224, IMAGENET_MEAN, IMAGENET_STD, False)
-
-
-def build_backbone(spec: BackboneSpec) -> Backbone:
-    source, _, name = spec.name.rpartition(":")
-    return BACKBONE_SOURCES.get_or_raise(source or "timm")(spec, name)
 
 
 # --- the prompted model --------------------------------------------------------------------------

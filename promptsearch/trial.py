@@ -16,48 +16,19 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
 from .budget import Budget
 from .data import Dataset, Split
 from .metrics import classification_metrics
-from .prompts import Backbone, BackboneSpec, IncompatibleCandidate, PromptedModel, build_backbone, build_prompted_model
+from .results import TrialResult
+from .threads import torch_threads
+from .backbones import Backbone, BackboneSpec, build_backbone
+from .prompts import IncompatibleCandidate, PromptedModel, build_prompted_model
 from .space import Candidate
-
-Status = Literal["completed", "failed", "preempted"]
-
-
-class TrialResult(BaseModel):
-    """What a trial reports. ``metrics`` holds validation metrics and costs, keyed by objective
-    name (``auc``, ``worst_class_recall``, ``prompt_params``, ``latency_ms``, ...)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    candidate: dict[str, Any]
-    status: Status
-    reason: str | None = None
-    metrics: dict[str, float] = Field(default_factory=dict)
-    test_metrics: dict[str, float] = Field(default_factory=dict)
-    history: list[dict[str, float]] = Field(default_factory=list)
-    epochs: int = 0
-    steps: int = 0
-    wall_time_s: float = 0.0
-    seed: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "completed" and all(math.isfinite(v) for v in self.metrics.values())
-
-    @classmethod
-    def failed(cls, candidate: Candidate | dict, reason: str, **kw: Any) -> TrialResult:
-        cand = candidate.to_json() if isinstance(candidate, Candidate) else candidate
-        return cls(candidate=cand, status="failed", reason=reason, **kw)
-
 
 class TrialFailed(RuntimeError):
     """Raised inside a trial to end it as failed with a reason (e.g. NaN loss)."""
@@ -162,38 +133,40 @@ def run_trial(candidate: Candidate, data: Dataset, backbone: BackboneSpec | Back
     """Train and evaluate one candidate; never raises for the candidate's own failures."""
     budget = budget or Budget()
     t0 = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    if budget.threads:
-        torch.set_num_threads(budget.threads)
-    history: list[dict[str, float]] = []
-    try:
-        torch.manual_seed(seed)  # prompt and head initialisation
-        device = torch.device(budget.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = build_prompted_model(candidate.arch, backbone if isinstance(backbone, Backbone) else build_backbone(backbone),
-                                     data.num_outputs).to(device)
-        train = data.train.subset(budget.max_train_samples, seed)
-        val = data.val.subset(budget.max_eval_samples, 0)
-        history, steps = train_model(model, data, budget, seed, on_epoch, train, val)
-        final = {k.removeprefix("val_"): v for k, v in history[-1].items() if k.startswith("val_")}
-        final.update({k: float(v) for k, v in model.cost().items()})
-        final["latency_ms"] = latency_ms(model, data.val.images[:1].float() / 255.0, budget.latency_repeats)
-        test = evaluate(model, data.test.subset(budget.max_eval_samples, 0), data.task, budget.eval_batch_size)
-        if not all(math.isfinite(final[k]) for k in ("auc", "accuracy", "worst_class_recall")):
-            raise TrialFailed(f"non-finite validation metrics: {final}")
-        if weights_out is not None:
-            from safetensors.torch import save_file
+    history: list[dict[str, float]] = []  # filled once training ends: a failed result keeps it
+    with torch_threads(budget.threads):
+        try:
+            return _train_and_evaluate(candidate, data, backbone, budget, seed, on_epoch, weights_out, t0, history)
+        except (TrialFailed, IncompatibleCandidate) as e:
+            reason = f"{type(e).__name__}: {e}"
+        except Exception as e:  # a trial must never take its caller down
+            reason = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
+    return TrialResult.failed(candidate, reason, history=history, epochs=len(history), wall_time_s=time.perf_counter() - t0, seed=seed)
 
-            Path(weights_out).parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()},
-                      str(weights_out))
-        return TrialResult(candidate=candidate.to_json(), status="completed", metrics=final, test_metrics=test,
-                           history=history, epochs=len(history), steps=steps,
-                           wall_time_s=time.perf_counter() - t0, seed=seed)
-    except (TrialFailed, IncompatibleCandidate) as e:
-        reason = f"{type(e).__name__}: {e}"
-    except Exception as e:  # a trial must never take its caller down
-        reason = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
-    finally:
-        torch.set_num_threads(old_threads)
-    return TrialResult.failed(candidate, reason, history=history, epochs=len(history),
-                              wall_time_s=time.perf_counter() - t0, seed=seed)
+
+def _train_and_evaluate(candidate: Candidate, data: Dataset, backbone: BackboneSpec | Backbone, budget: Budget,
+                        seed: int, on_epoch: EpochCallback | None, weights_out: str | Path | None, t0: float,
+                        history: list[dict[str, float]]) -> TrialResult:
+    torch.manual_seed(seed)  # prompt and head initialisation
+    device = torch.device(budget.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = build_prompted_model(candidate.arch, backbone if isinstance(backbone, Backbone) else build_backbone(backbone),
+                                 data.num_outputs).to(device)
+    train = data.train.subset(budget.max_train_samples, seed)
+    val = data.val.subset(budget.max_eval_samples, 0)
+    rows, steps = train_model(model, data, budget, seed, on_epoch, train, val)
+    history.extend(rows)
+    final = {k.removeprefix("val_"): v for k, v in history[-1].items() if k.startswith("val_")}
+    final.update({k: float(v) for k, v in model.cost().items()})
+    final["latency_ms"] = latency_ms(model, data.val.images[:1].float() / 255.0, budget.latency_repeats)
+    test = evaluate(model, data.test.subset(budget.max_eval_samples, 0), data.task, budget.eval_batch_size)
+    if not all(math.isfinite(final[k]) for k in ("auc", "accuracy", "worst_class_recall")):
+        raise TrialFailed(f"non-finite validation metrics: {final}")
+    if weights_out is not None:
+        from safetensors.torch import save_file
+
+        Path(weights_out).parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()},
+                  str(weights_out))
+    return TrialResult(candidate=candidate.to_json(), status="completed", metrics=final, test_metrics=test,
+                       history=history, epochs=len(history), steps=steps,
+                       wall_time_s=time.perf_counter() - t0, seed=seed)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import promptsearch
 from promptsearch.cli import app
 from promptsearch.export import ExportError, load_config, write_trial_bundle
-from promptsearch.prompts import BackboneSpec
+from promptsearch.backbones import BackboneSpec
 from promptsearch.space import load_space
 from promptsearch.trial import Budget, evaluate, run_trial
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from promptsearch.cli import app
 from promptsearch.data import DataError, load_dataset
 from promptsearch.pretrain import PRETRAIN_MODES, PretrainConfig, PretrainError, pretrain, read_sidecar
-from promptsearch.prompts import BackboneSpec, build_backbone
+from promptsearch.backbones import BackboneSpec, build_backbone
 
 TINY = dict(datasets=("pneumoniamnist",), max_train_samples=32, max_eval_samples=16, batch_size=16, epochs=1)
 THREADS = 1  # on a shared, busy CPU one thread beats two (no OpenMP barrier stalls)

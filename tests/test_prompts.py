@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from promptsearch.prompts import (FUSIONS, PLACEMENTS, BackboneSpec, IncompatibleCandidate, build_backbone,
-                                  build_prompted_model)
+from promptsearch.backbones import BackboneSpec, build_backbone
+from promptsearch.prompts import FUSIONS, PLACEMENTS, IncompatibleCandidate, build_prompted_model
 from promptsearch.space import Architecture
 
 VIT = BackboneSpec("vit_tiny_patch16_224", image_size=28, patch_size=4)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from promptsearch.prompts import BackboneSpec
+from promptsearch.backbones import BackboneSpec
 from promptsearch.space import load_space
 from promptsearch.trial import Budget, TrialResult, run_trial
 

@@ -62,7 +62,7 @@ def train_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     from ray import tune
 
     from promptsearch.data import load_dataset
-    from promptsearch.prompts import BackboneSpec, build_backbone
+    from promptsearch.backbones import BackboneSpec, build_backbone
     from promptsearch.space import SearchSpace, SpaceFile
     from promptsearch.trial import Budget, run_trial
 

@@ -92,7 +92,7 @@ def trial(
 ) -> None:
     """Train and evaluate one prompt configuration on a dataset; print its metrics."""
     from ..data import DataError, load_dataset
-    from ..prompts import BackboneSpec
+    from ..backbones import BackboneSpec
     from ..space import Candidate, SpaceError, load_space
     from ..trial import Budget, run_trial
 

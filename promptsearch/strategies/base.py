@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 from ..objectives import Objective, Scalarization, normalised_values, objective_row, parse_objectives, scalarize
 from ..registry import Registry
 from ..space import Candidate, SearchSpace
-from ..trial import TrialResult
+from ..results import TrialResult
 
 STRATEGIES: Registry = Registry("strategy")
 
