@@ -581,9 +581,9 @@ def _job_spec(req: JobRequest, settings: Settings):
 
 
 def _medmnist_2d() -> list[str]:
-    from medmnist import INFO
+    from .data import medmnist_2d
 
-    return sorted(k for k in INFO if "3d" not in k)
+    return medmnist_2d()
 
 
 def _meta(settings: Settings) -> dict[str, Any]:

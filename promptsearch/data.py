@@ -71,6 +71,61 @@ class Dataset:
 DATASETS: Registry = Registry("dataset source")
 
 
+# --- the one image reader ---------------------------------------------------------------------------
+def read_image(path: str | Path, mode: str | None = None, size: int | None = None) -> np.ndarray:
+    """An image file -> (C, H, W) uint8. ``mode``: ``"L"`` (1 channel), ``"RGB"`` (3), or ``None``
+    (keep grey as grey, anything else as RGB); ``size``: resize to size x size (bilinear).
+    A file that is not an image raises :class:`DataError` naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if mode is None:
+                mode = "L" if im.mode in ("L", "I;16", "I", "1", "LA") else "RGB"
+            im = im.convert(mode)
+            if size and im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"unreadable image {path}: {e}") from None
+    return a[None].copy() if a.ndim == 2 else a.transpose(2, 0, 1).copy()  # (C, H, W)
+
+
+def image_mode(path: str | Path) -> str:
+    """``"L"`` for a single-channel image file, else ``"RGB"`` (the file header only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return "L" if im.mode in ("L", "I;16", "I", "1", "LA") else "RGB"
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"unreadable image {path}: {e}") from None
+
+
+# --- the MedMNIST catalogue -------------------------------------------------------------------------
+def medmnist_2d() -> list[str]:
+    """The MedMNIST 2D dataset names this package reads."""
+    from medmnist import INFO
+
+    return sorted(k for k in INFO if "3d" not in k)
+
+
+def medmnist_meta(name: str) -> dict | None:
+    """Task, classes, channels, stored size and split sizes of a MedMNIST 2D name (no arrays
+    loaded); ``None`` for a name that is not one."""
+    from medmnist import INFO
+
+    flag = name.lower()
+    if flag not in INFO or "3d" in flag:
+        return None
+    info = INFO[flag]
+    task = "multi-label" if info["task"].startswith("multi-label") else info["task"]
+    return {"name": flag, "task": task, "classes": [info["label"][k] for k in sorted(info["label"], key=int)],
+            "channels": int(info["n_channels"]), "size": 28, "python_class": info["python_class"],
+            "splits": dict(info["n_samples"])}
+
+
 def default_root(root: str | Path | None) -> Path | None:
     root = root or os.environ.get(DATA_ROOT_ENV)
     return Path(root).expanduser() if root else None
@@ -80,13 +135,11 @@ def default_root(root: str | Path | None) -> Path | None:
 def load_medmnist(name: str, root: str | Path | None = None, download: bool = False, size: int = 28) -> Dataset:
     """A MedMNIST v2 2D dataset from ``root`` (no network unless ``download=True``)."""
     import medmnist
-    from medmnist import INFO
 
-    flag = name.lower()
-    if flag not in INFO or "3d" in flag:
-        known = ", ".join(k for k in INFO if "3d" not in k)
-        raise DataError(f"unknown MedMNIST dataset {name!r}; 2D datasets: {known}")
-    info = INFO[flag]
+    meta = medmnist_meta(name)
+    if meta is None:
+        raise DataError(f"unknown MedMNIST dataset {name!r}; 2D datasets: {', '.join(medmnist_2d())}")
+    flag = meta["name"]
     root = default_root(root)
     suffix = "" if size == 28 else f"_{size}"
     if root is None:
@@ -98,7 +151,7 @@ def load_medmnist(name: str, root: str | Path | None = None, download: bool = Fa
     if not download and not path.exists():
         raise DataError(f"{path} not found: point --data-root / {DATA_ROOT_ENV} at the folder holding "
                         f"{flag}{suffix}.npz, or pass --download to fetch it (needs network)")
-    cls = getattr(medmnist, info["python_class"])
+    cls = getattr(medmnist, meta["python_class"])
     splits = {}
     for split in ("train", "val", "test"):
         try:
@@ -107,12 +160,11 @@ def load_medmnist(name: str, root: str | Path | None = None, download: bool = Fa
             raise DataError(f"could not read {path} ({split}): {e}") from None
         imgs = np.asarray(ds.imgs)
         imgs = imgs[:, None] if imgs.ndim == 3 else imgs.transpose(0, 3, 1, 2)  # (N, C, H, W)
-        task = "multi-label" if info["task"].startswith("multi-label") else info["task"]
+        task = meta["task"]
         labels = torch.as_tensor(np.asarray(ds.labels))
         labels = labels.float() if task == "multi-label" else labels.long().view(-1)
         splits[split] = Split(torch.as_tensor(imgs, dtype=torch.uint8).contiguous(), labels)
-    classes = [info["label"][k] for k in sorted(info["label"], key=int)]
-    return Dataset(flag, task, classes, splits["train"], splits["val"], splits["test"], source=str(path))
+    return Dataset(flag, meta["task"], meta["classes"], splits["train"], splits["val"], splits["test"], source=str(path))
 
 
 @DATASETS.register("folder")
@@ -123,8 +175,6 @@ def load_folder(path: str | Path, root: str | Path | None = None, download: bool
 
     Every image is resized to ``size`` x ``size``; ``grayscale=None`` keeps one channel only if
     every image is single-channel."""
-    from PIL import Image, UnidentifiedImageError
-
     base = Path(path).expanduser()
     if not base.is_absolute() and root is not None and not base.exists():
         base = Path(root) / base
@@ -139,18 +189,9 @@ def load_folder(path: str | Path, root: str | Path | None = None, download: bool
         if not found:
             raise DataError(f"class folder {d} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         files += [(f, label) for f in found]
-    pics = []
-    for f, _ in files:
-        try:
-            with Image.open(f) as im:
-                pics.append(im.convert("RGB") if im.mode not in ("L", "I;16", "I") else im.convert("L"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"unreadable image {f}: {e}") from None
     if grayscale is None:
-        grayscale = all(p.mode == "L" for p in pics)
-    arrs = [np.asarray(p.convert("L" if grayscale else "RGB").resize((size, size), Image.BILINEAR)) for p in pics]
-    imgs = np.stack(arrs)
-    imgs = imgs[:, None] if imgs.ndim == 3 else imgs.transpose(0, 3, 1, 2)  # (N, C, S, S)
+        grayscale = all(image_mode(f) == "L" for f, _ in files)
+    imgs = np.stack([read_image(f, "L" if grayscale else "RGB", size) for f, _ in files])  # (N, C, S, S)
     labels = np.array([y for _, y in files])
     # stratified split by seed: every class is represented in every split where it can be
     rng = random.Random(split_seed)

@@ -378,21 +378,14 @@ def load_exported(path: str | Path, backbone_weights: str | Path | None = None,
 # --- inference on image files -------------------------------------------------------------------
 def read_images(paths: Sequence[str | Path], channels: int, size: int | None) -> torch.Tensor:
     """Image files (PNG, JPEG, ...) -> (N, C, S, S) floats in [0, 1], as the model was trained on."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from .data import DataError, read_image
 
     out = []
     for p in paths:
         try:
-            with Image.open(p) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                if size and im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as e:
-            raise ExportError(f"cannot read image {p}: {e}") from None
-        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, S, S)
-        out.append(torch.from_numpy(a.copy()))
+            out.append(torch.from_numpy(read_image(p, "L" if channels == 1 else "RGB", size)))  # (C, S, S)
+        except DataError as e:  # "unreadable image PATH: why"
+            raise ExportError(f"cannot read image {p}: {str(e).partition(': ')[2]}") from None
     return torch.stack(out).float().div_(255.0)  # (N, C, S, S)
 
 
@@ -445,18 +438,13 @@ def write_trial_bundle(out: str | Path, *, candidate: Any, result: Any, data: An
 def _dataset_meta(dataset: str, data_root: str | None) -> dict[str, Any]:
     """Task, classes, channels and stored size of a job's dataset: MedMNIST's catalogue when it is
     a MedMNIST name (no arrays loaded), else the dataset itself."""
-    try:
-        from medmnist import INFO
-    except ImportError:  # pragma: no cover - medmnist is a dependency
-        INFO = {}
-    flag = dataset.lower()
-    if flag in INFO and "3d" not in flag:
-        info = INFO[flag]
-        task = "multi-label" if info["task"].startswith("multi-label") else info["task"]
-        return {"task": task, "classes": [info["label"][k] for k in sorted(info["label"], key=int)],
-                "channels": int(info["n_channels"]), "size": 28,
-                "record": {"name": flag, "source": f"{flag}.npz (MedMNIST v2, 28 px)", "task": task,
-                           "splits": dict(info["n_samples"])}}
+    from .data import medmnist_meta
+
+    meta = medmnist_meta(dataset)
+    if meta is not None:
+        return {"task": meta["task"], "classes": meta["classes"], "channels": meta["channels"], "size": meta["size"],
+                "record": {"name": meta["name"], "source": f"{meta['name']}.npz (MedMNIST v2, 28 px)",
+                           "task": meta["task"], "splits": meta["splits"]}}
     from .data import load_dataset
 
     data = load_dataset(dataset, root=data_root)

@@ -26,12 +26,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .space import Scalar, SearchSpace, SpaceError, _compose, _error_line, _format_validation, load_space
+from .space import Scalar, SearchSpace, SpaceError, load_space
+from .yamlio import YamlError, compose_yaml, error_line, first_error, format_validation, where
 from .backbone_spec import BackboneSpec
 from .budget import Budget
 
 
-class JobError(ValueError):
+class JobError(YamlError):
     """An invalid job (file, field or override): the message names the file, line and field."""
 
 
@@ -106,8 +107,7 @@ class JobSpec(BaseModel):
             try:
                 Scalarization(**v)
             except ValidationError as e:
-                err = e.errors()[0]
-                raise ValueError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+                raise ValueError(first_error(e)) from None
         return v
 
     @property
@@ -149,7 +149,7 @@ def _expand_env(data: Any, path: tuple, lines: dict[tuple, int], source: str) ->
     def sub(m: re.Match) -> str:
         value = os.environ.get(m.group(1))
         if value is None and m.group(2) is None:
-            line = _error_line(path, lines)
+            line = error_line(path, lines)
             raise JobError(f"{source}{f':{line}' if line else ''}: {'.'.join(map(str, path))}: "
                            f"environment variable {m.group(1)} is not set (write ${{{m.group(1)}:-default}})")
         if m.group(2) is not None and not value:
@@ -165,14 +165,14 @@ def _validate(data: Any, source: str, lines: dict[tuple, int]) -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as e:
-        raise JobError(_format_validation(e, source, lines)) from None
+        raise JobError(format_validation(e, source, lines)) from None
 
 
 def parse_job(text: str, source: str = "<string>") -> JobSpec:
     """A job from YAML (or JSON, which is YAML) text; errors name ``source:line: field``."""
     try:
-        data, lines = _compose(text, source)
-    except SpaceError as e:  # the shared YAML helper names the space's error type
+        data, lines = compose_yaml(text, source)
+    except YamlError as e:
         raise JobError(str(e)) from None
     spec = _validate(_expand_env(data, (), lines, source), source, lines)
     check_job(spec, source, lines)
@@ -224,11 +224,6 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 # --- cross checks (need the file system and the registries) -----------------------------------------
-def _where(source: str, lines: dict[tuple, int], *path: Any) -> str:
-    line = _error_line(tuple(path), lines)
-    return f"{source}{f':{line}' if line else ''}: {'.'.join(map(str, path))}"
-
-
 def check_job(spec: JobSpec, source: str = "<job>", lines: dict[tuple, int] | None = None) -> SearchSpace:
     """Checks that need more than the fields: the space loads, ``fix`` names its decisions, the
     local paths exist and the strategy accepts its options. Returns the (fixed) space."""
@@ -236,24 +231,24 @@ def check_job(spec: JobSpec, source: str = "<job>", lines: dict[tuple, int] | No
     try:
         space = load_space(spec.space)
     except SpaceError as e:
-        raise JobError(f"{_where(source, lines, 'space')}: {e}") from None
+        raise JobError(f"{where(source, lines, 'space')}: {e}") from None
     for name in spec.fix:
         if name not in space.spec.decisions:
-            raise JobError(f"{_where(source, lines, 'fix', name)}: space {space.name!r} has no decision {name!r}")
+            raise JobError(f"{where(source, lines, 'fix', name)}: space {space.name!r} has no decision {name!r}")
     try:
         space = space.fix(**spec.fix) if spec.fix else space
     except SpaceError as e:
-        raise JobError(f"{_where(source, lines, 'fix')}: {e}") from None
+        raise JobError(f"{where(source, lines, 'fix')}: {e}") from None
     if spec.data_root is not None and not Path(spec.data_root).expanduser().is_dir():
-        raise JobError(f"{_where(source, lines, 'data_root')}: folder {spec.data_root!r} not found")
+        raise JobError(f"{where(source, lines, 'data_root')}: folder {spec.data_root!r} not found")
     if spec.backbone.weights is not None and not Path(spec.backbone.weights).expanduser().is_file():
-        raise JobError(f"{_where(source, lines, 'backbone', 'weights')}: file {spec.backbone.weights!r} not found")
+        raise JobError(f"{where(source, lines, 'backbone', 'weights')}: file {spec.backbone.weights!r} not found")
     from .strategies import make_strategy
 
     try:
         make_strategy(spec.strategy, space, spec.objective_list, seed=spec.seed, **spec.strategy_kwargs)
     except (TypeError, ValueError, KeyError) as e:
-        raise JobError(f"{_where(source, lines, 'strategy_options')}: strategy {spec.strategy!r} "
+        raise JobError(f"{where(source, lines, 'strategy_options')}: strategy {spec.strategy!r} "
                        f"rejects its options: {e}") from None
     return space
 

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from .yamlio import YamlError, compose_yaml, format_validation
 
 Scalar = int | float | str | bool
 
@@ -82,7 +83,7 @@ DECISION_TYPES: dict[str, TypeAdapter] = {
 }
 
 
-class SpaceError(ValueError):
+class SpaceError(YamlError):
     """An invalid space file (or candidate): the message names the file, line and field path."""
 
 
@@ -160,64 +161,6 @@ class SpaceFile(BaseModel):
                 if bad:
                     raise ValueError(f"@decisions.{d.name}.when.{ref}: values {bad} are not choices of {ref!r}")
         return self
-
-
-# --- YAML with line numbers ---------------------------------------------------------------------
-def _compose(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
-    """Parse YAML into plain data plus a map from field path to 1-based line; duplicate keys fail."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise SpaceError(f"{source}{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    lines: dict[tuple, int] = {}
-
-    def walk(node: yaml.Node, path: tuple) -> Any:
-        lines.setdefault(path, node.start_mark.line + 1)  # a mapping entry keeps its key's line
-        if isinstance(node, yaml.MappingNode):
-            out: dict = {}
-            for k, v in node.value:
-                key = yaml.SafeLoader.construct_scalar(yaml.SafeLoader(""), k) if isinstance(k, yaml.ScalarNode) else str(k)
-                if key in out:
-                    raise SpaceError(f"{source}:{k.start_mark.line + 1}: {'.'.join(map(str, path + (key,)))}: duplicate key")
-                lines[path + (key,)] = k.start_mark.line + 1
-                out[key] = walk(v, path + (key,))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [walk(v, path + (i,)) for i, v in enumerate(node.value)]
-        return yaml.SafeLoader("").construct_object(node, deep=True)
-
-    if root is None:
-        raise SpaceError(f"{source}: the file is empty")
-    return walk(root, ()), lines
-
-
-def _error_line(loc: tuple, lines: dict[tuple, int]) -> int | None:
-    path = tuple(loc)
-    while path:
-        if path in lines:
-            return lines[path]
-        path = path[:-1]
-    return lines.get(())
-
-
-def _format_validation(e: ValidationError, source: str, lines: dict[tuple, int]) -> str:
-    msgs = []
-    for err in e.errors():
-        loc = tuple(err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if msg.startswith("@"):  # a cross-field check names its own field path
-            path, _, msg = msg[1:].partition(": ")
-            loc = loc + tuple(path.split("."))
-        line = _error_line(loc, lines)
-        where = ".".join(str(x) for x in loc) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key {loc[-1]!r}"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        msgs.append(f"{source}{f':{line}' if line else ''}: {where}: {msg}")
-    return "\n".join(msgs)
 
 
 # --- the space ----------------------------------------------------------------------------------
@@ -477,13 +420,16 @@ class Candidate:
 
 
 def parse_space(text: str, source: str = "<string>") -> SearchSpace:
-    data, lines = _compose(text, source)
+    try:
+        data, lines = compose_yaml(text, source)
+    except YamlError as e:
+        raise SpaceError(str(e)) from None
     if not isinstance(data, Mapping):
         raise SpaceError(f"{source}:1: a space file is a mapping with 'name' and 'decisions'")
     try:
         spec = SpaceFile.model_validate(data)
     except ValidationError as e:
-        raise SpaceError(_format_validation(e, source, lines)) from None
+        raise SpaceError(format_validation(e, source, lines)) from None
     return SearchSpace(spec, source)
 
 
