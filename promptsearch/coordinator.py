@@ -28,8 +28,6 @@ Workspace layout (everything a job writes)::
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -41,215 +39,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
-
+from .files import atomic_write
 from .jobs import JobError, JobSpec, check_job, resolve_paths
 from .metrics import clean_metrics
+from .search.records import JobState, TrialRecord
+from .search.workspace import (DEFAULT_WORKSPACE, Workspace, as_workspace, cancel_requested, coordinator_alive,
+                               job_lock, request_cancel)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WORKSPACE = "promptsearch-runs"
-STATE_VERSION = 1
-JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
-TrialStatus = Literal["running", "completed", "failed", "preempted"]
 FINISHED = "FINISHED"  # SearchLoop.ask's "no more trials" (tune_adapter maps it to Searcher.FINISHED)
 
 Progress = Callable[[dict[str, Any]], None]
-
-
-# --- persisted records -------------------------------------------------------------------------------
-class TrialRecord(BaseModel):
-    """One trial as the job records it (``job_trials`` returns these as dicts). Non-finite metric
-    values are stored as ``None`` so every record is plain JSON."""
-
-    trial_id: str
-    index: int
-    candidate: dict[str, Any]
-    status: TrialStatus = "running"
-    reason: str | None = None
-    metrics: dict[str, float | None] = Field(default_factory=dict)
-    test_metrics: dict[str, float | None] = Field(default_factory=dict)
-    history: list[dict[str, float | None]] = Field(default_factory=list)
-    seed: int = 0
-    attempt: int = 1  # which coordinator run started it
-    requeued_from: str | None = None  # the preempted trial this one re-runs
-    node_id: str | None = None
-    node_ip: str | None = None
-    pid: int | None = None
-    cpu_time_s: float | None = None  # the worker process's CPU time for the trial
-    tune_trial_id: str | None = None
-    mlflow_run_id: str | None = None
-    weights: str | None = None  # safetensors file of prompt + head (completed trials)
-    started_at: float = Field(default_factory=time.time)
-    finished_at: float | None = None
-    wall_time_s: float | None = None
-
-
-class JobState(BaseModel):
-    """``state.json``: everything that changes while a job runs (written atomically)."""
-
-    version: int = STATE_VERSION
-    job_id: str
-    status: JobStatus = "queued"
-    message: str | None = None
-    created_at: float = Field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-    updated_at: float = Field(default_factory=time.time)
-    attempts: int = 0
-    coordinator: dict[str, Any] | None = None  # pid, host, ray address, nodes of the current run
-    next_index: int = 1
-    strategy_state: dict[str, Any] | None = None
-    requeue: list[dict[str, Any]] = Field(default_factory=list)  # {"candidate": ..., "from": trial_id}
-    trials: list[TrialRecord] = Field(default_factory=list)
-    hypervolume: list[tuple[int, float]] = Field(default_factory=list)  # (finished trials, hypervolume)
-    mlflow: dict[str, Any] = Field(default_factory=dict)  # tracking_uri, experiment_id, parent_run_id
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write-then-rename: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-# --- the workspace -------------------------------------------------------------------------------------
-class Workspace:
-    """One directory holding jobs, Ray Tune storage, Ray's temp dir and the MLflow store.
-
-    ``root`` default: ``$PROMPTSEARCH_WORKSPACE`` or ``./promptsearch-runs``. Safe to read from
-    other processes while a job runs (all state files are replaced atomically).
-    """
-
-    def __init__(self, root: str | Path | None = None):
-        root = root or os.environ.get("PROMPTSEARCH_WORKSPACE") or DEFAULT_WORKSPACE
-        self.root = Path(root).expanduser().resolve()
-
-    def __repr__(self) -> str:
-        return f"Workspace({str(self.root)!r})"
-
-    @property
-    def jobs_dir(self) -> Path:
-        return self.root / "jobs"
-
-    @property
-    def tune_dir(self) -> Path:
-        return self.root / "tune"
-
-    @property
-    def mlflow_dir(self) -> Path:
-        return self.root / "mlflow"
-
-    @property
-    def tracking_uri(self) -> str:
-        """The default MLflow tracking URI: a SQLite file in the workspace."""
-        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
-
-    @property
-    def artifact_root(self) -> Path:
-        return self.mlflow_dir / "artifacts"
-
-    def ray_tmpdir(self) -> Path:
-        """``<root>/ray``; reached through a short /tmp symlink when the path is too long for
-        Ray's Unix sockets (107 bytes including ``session_.../sockets/plasma_store``)."""
-        target = self.root / "ray"
-        target.mkdir(parents=True, exist_ok=True)
-        if len(str(target)) <= 40:
-            return target
-        link = Path("/tmp") / f"promptsearch-ray-{hashlib.sha1(str(target).encode()).hexdigest()[:10]}"
-        if not (link.is_symlink() and link.resolve() == target.resolve()):
-            with contextlib.suppress(FileNotFoundError):
-                link.unlink()
-            link.symlink_to(target, target_is_directory=True)
-        return link
-
-    def ray_auth_token(self) -> Path:
-        """``<root>/ray/auth_token``: the token of the local Ray this workspace starts (made once, 0600)."""
-        path = self.root / "ray" / "auth_token"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-        return path
-
-    def job_dir(self, job_id: str) -> Path:
-        return self.jobs_dir / job_id
-
-    def job_ids(self) -> list[str]:
-        if not self.jobs_dir.is_dir():
-            return []
-        return sorted(p.name for p in self.jobs_dir.iterdir() if (p / "job.json").is_file())
-
-    def resolve(self, job: str) -> str:
-        """A job id from the id itself or a unique prefix of it."""
-        ids = self.job_ids()
-        if job in ids:
-            return job
-        hits = [i for i in ids if i.startswith(job)]
-        if len(hits) == 1:
-            return hits[0]
-        if not hits:
-            raise JobError(f"no job {job!r} in workspace {self.root} (promptsearch jobs --workspace {self.root})")
-        raise JobError(f"{job!r} matches {len(hits)} jobs: {', '.join(hits[:5])}")
-
-    def read_job(self, job_id: str) -> dict[str, Any]:
-        return json.loads((self.job_dir(job_id) / "job.json").read_text())
-
-    def read_state(self, job_id: str) -> JobState:
-        path = self.job_dir(job_id) / "state.json"
-        for _ in range(3):  # replaced atomically; a retry only covers a file system without rename atomicity
-            try:
-                return JobState.model_validate(json.loads(path.read_text()))
-            except (json.JSONDecodeError, FileNotFoundError):
-                time.sleep(0.05)
-        return JobState.model_validate(json.loads(path.read_text()))
-
-    def write_state(self, state: JobState) -> None:
-        state.updated_at = time.time()
-        _atomic_write(self.job_dir(state.job_id) / "state.json", json.dumps(state.model_dump(mode="json")))
-
-
-def _ws(workspace: Workspace | str | Path | None) -> Workspace:
-    return workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-
-
-# --- the coordinator lock ----------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _job_lock(ws: Workspace, job_id: str, wait_s: float = 2.0) -> Iterator[None]:
-    """Held by the one coordinator running a job (released by the OS if it is killed)."""
-    path = ws.job_dir(job_id) / "coordinator.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + wait_s
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise JobError(f"job {job_id} is already running in another coordinator "
-                                   f"({ws.read_state(job_id).coordinator or {}})") from None
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)
-
-
-def coordinator_alive(ws: Workspace, job_id: str) -> bool:
-    """Whether a coordinator holds the job's lock now (same host)."""
-    path = ws.job_dir(job_id) / "coordinator.lock"
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
 
 
 # --- public API --------------------------------------------------------------------------------------------
@@ -262,7 +63,7 @@ def submit(workspace: Workspace | str | Path | None, spec: JobSpec, job_file: st
     """
     import yaml
 
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     spec = resolve_paths(spec, base_dir)
     space = check_job(spec)
     job_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
@@ -271,8 +72,8 @@ def submit(workspace: Workspace | str | Path | None, spec: JobSpec, job_file: st
     record = {"job_id": job_id, "spec": spec.model_dump(mode="json"), "space": space.to_dict(),
               "space_name": space.name, "space_hash": space.hash, "created_at": time.time(),
               "host": socket.gethostname()}
-    _atomic_write(d / "job.json", json.dumps(record, indent=2))
-    _atomic_write(d / "job.yaml", job_file or yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    atomic_write(d / "job.json", json.dumps(record, indent=2))
+    atomic_write(d / "job.yaml", job_file or yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     ws.write_state(JobState(job_id=job_id))
     return job_id
 
@@ -280,12 +81,12 @@ def submit(workspace: Workspace | str | Path | None, spec: JobSpec, job_file: st
 def cancel(workspace: Workspace | str | Path | None, job_id: str) -> dict[str, Any]:
     """Stop a job cleanly: a running coordinator stops its trials (recorded ``preempted``) and
     marks the job ``cancelled``; a queued or interrupted job is marked at once. Returns its status."""
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     job_id = ws.resolve(job_id)
     if ws.read_state(job_id).status in ("completed", "failed"):
         return job_status(ws, job_id)
     try:
-        with _job_lock(ws, job_id, wait_s=0):
+        with job_lock(ws, job_id, wait_s=0):
             state = ws.read_state(job_id)  # no coordinator: mark it here
             if state.status not in ("completed", "failed", "cancelled"):
                 for t in state.trials:
@@ -297,26 +98,14 @@ def cancel(workspace: Workspace | str | Path | None, job_id: str) -> dict[str, A
     except JobError:
         # A coordinator holds the lock (running, or resuming a cancelled job): the request is written
         # after it took the lock, so it is newer than the coordinator's start and it stops within a second.
-        _atomic_write(ws.job_dir(job_id) / "cancel", repr(time.time()))
+        request_cancel(ws, job_id)
     return job_status(ws, job_id)
-
-
-def cancel_requested(ws: Workspace, job_id: str, since: float) -> bool:
-    """Whether a cancel was requested at or after ``since`` (the coordinator's start): an older
-    request belongs to an earlier run, which a resume has overridden."""
-    path = ws.job_dir(job_id) / "cancel"
-    try:
-        return float(path.read_text()) >= since
-    except FileNotFoundError:
-        return False
-    except ValueError:  # unreadable: trust the file's time
-        return path.stat().st_mtime >= since
 
 
 def job_trials(workspace: Workspace | str | Path | None, job_id: str) -> list[dict[str, Any]]:
     """Every trial record of a job, in start order: trial_id, candidate, status, reason, metrics,
     test_metrics, history, weights (path when saved), node, timings."""
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     return [t.model_dump(mode="json") for t in ws.read_state(ws.resolve(job_id)).trials]
 
 
@@ -324,7 +113,7 @@ def job_front(workspace: Workspace | str | Path | None, job_id: str) -> list[dic
     """The trial records on the job's Pareto front (non-dominated completed trials)."""
     from .objectives import pareto_front
 
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     job_id = ws.resolve(job_id)
     trials = job_trials(ws, job_id)
     objectives = JobSpec.model_validate(ws.read_job(job_id)["spec"]).objective_list
@@ -366,7 +155,7 @@ def job_status(workspace: Workspace | str | Path | None, job_id: str) -> dict[st
     """A job's status (queued | running | completed | failed | cancelled), trial counts
     (finished/completed/failed/preempted/running), best value per objective, current hypervolume,
     and ``interrupted`` (its coordinator died: resume it)."""
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     job_id = ws.resolve(job_id)
     state = ws.read_state(job_id)
     alive = coordinator_alive(ws, job_id) if state.status in ("running", "queued") else None
@@ -375,7 +164,7 @@ def job_status(workspace: Workspace | str | Path | None, job_id: str) -> dict[st
 
 def list_jobs(workspace: Workspace | str | Path | None = None) -> list[dict[str, Any]]:
     """:func:`job_status` of every job in the workspace, oldest first."""
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     out = []
     for job_id in ws.job_ids():
         with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
@@ -392,9 +181,9 @@ def run_job(workspace: Workspace | str | Path | None, job_id: str, progress: Pro
     A cancelled job resumes only with ``resume_cancelled``. ``progress`` is called with a
     status dict after every event. ``ray_address`` overrides the job's (``auto``/host:port).
     """
-    ws = _ws(workspace)
+    ws = as_workspace(workspace)
     job_id = ws.resolve(job_id)
-    with _job_lock(ws, job_id):
+    with job_lock(ws, job_id):
         started = time.time()  # cancel requests older than this were for an earlier run
         state = ws.read_state(job_id)
         if state.status == "completed":

@@ -456,12 +456,12 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
                zip_path: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
     """Bundle one completed trial of a job: ``pick`` is ``knee``, ``best:<objective>[ where ...]``
     (:func:`promptsearch.objectives.pick`) or ``trial=<trial id>``. Returns (folder, info)."""
-    from . import coordinator
     from .jobs import JobError, JobSpec
     from .objectives import ObjectiveError
     from .objectives import pick as pick_trial
+    from .search.workspace import as_workspace
 
-    ws = coordinator._ws(workspace)
+    ws = as_workspace(workspace)
     try:
         job_id = ws.resolve(job_id)
     except JobError as e:
@@ -469,7 +469,7 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
     job = ws.read_job(job_id)
     spec = JobSpec.model_validate(job["spec"])
     objectives = spec.objective_list
-    trials = coordinator.job_trials(ws, job_id)
+    trials = [t.model_dump(mode="json") for t in ws.read_state(job_id).trials]
     if not any(t["status"] == "completed" for t in trials):
         raise NothingToExport(f"job {job_id} has no finished trial to export yet "
                           f"({len(trials)} trial(s): {', '.join(sorted({t['status'] for t in trials})) or 'none started'})")

@@ -37,10 +37,10 @@ Scalar = int | float | str | bool
 # Every decision name a space may use, with the type its choices must have. The model builder
 # (promptsearch.prompts) implements exactly these values; tests check its registries match.
 Module = Literal["pixel", "token"]
-Fusion = Literal["concat", "attention", "gate"]
+FusionName = Literal["concat", "attention", "gate"]  # prompts.FUSIONS implements each
 Placement = Literal["prepend", "append", "insert", "replace"]
 Init = Literal["normal", "xavier", "uniform", "zero"]
-PixelPrompt = Literal["frame", "overlay"]
+PixelPromptKind = Literal["frame", "overlay"]
 DEPTH_RE = re.compile(r"^(shallow|deep|first_[1-9][0-9]*)$")
 
 
@@ -53,9 +53,9 @@ class Architecture(BaseModel):
     module: Module = "token"
     components: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     tokens: int = Field(10, gt=0, le=512)  # tokens per component block (VPT: total tokens)
-    pixel_prompt: PixelPrompt = "frame"
+    pixel_prompt: PixelPromptKind = "frame"
     frame_width: int = Field(8, gt=0, le=64)  # pixels; VPT-style padding prompt width
-    fusion: Fusion = "concat"
+    fusion: FusionName = "concat"
     depth: str = "shallow"
     placement: Placement = "prepend"
     init: Init = "xavier"  # VPT's default initialisation

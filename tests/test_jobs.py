@@ -15,8 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 from promptsearch.cli import app
-from promptsearch.coordinator import (JobState, Workspace, _job_lock, cancel, coordinator_alive, job_status,
-                                      job_trials, list_jobs, run_job, submit)
+from promptsearch.coordinator import cancel, job_status, job_trials, list_jobs, run_job, submit
+from promptsearch.search.records import JobState
+from promptsearch.search.workspace import Workspace, coordinator_alive
+from promptsearch.search.workspace import job_lock as _job_lock
 from promptsearch.jobs import JobError, JobSpec, load_job, parse_job, parse_override, resolve_paths, with_overrides
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,7 +150,8 @@ def test_job_scalarization_reaches_the_strategy(tmp_path, data_root, mobilenet_w
 def test_a_cancel_during_a_resume_is_not_lost(tmp_path, data_root, mobilenet_weights):
     """A cancelled job being resumed: an old cancel request does not stop the resume, a cancel that
     arrives once the resuming coordinator holds the job does (it must not be cleared as stale)."""
-    from promptsearch.coordinator import SearchLoop, cancel_requested
+    from promptsearch.coordinator import SearchLoop
+    from promptsearch.search.workspace import cancel_requested
 
     ws = Workspace(tmp_path)
     job_id = submit(ws, parse_job(_job_text(data_root, mobilenet_weights), "j.yaml"))

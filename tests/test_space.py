@@ -161,7 +161,8 @@ def test_fix_pins_a_decision_for_cnn_backbones():
 
 def test_vocabulary_matches_model_registries():
     from promptsearch.prompts import FUSIONS, INITS, PLACEMENTS
-    from promptsearch.space import Fusion, Init, Placement
+    from promptsearch.space import FusionName as Fusion
+    from promptsearch.space import Init, Placement
 
     assert set(FUSIONS) == set(typing.get_args(Fusion))
     assert set(PLACEMENTS) == set(typing.get_args(Placement))

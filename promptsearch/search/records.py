@@ -1,0 +1,64 @@
+"""What a job persists: its trial records and its state, as plain JSON-able pydantic models.
+
+    python -c "from promptsearch.search.records import JobState; print(JobState(job_id='x').model_dump_json())"
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+STATE_VERSION = 1
+JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+TrialStatus = Literal["running", "completed", "failed", "preempted"]
+
+class TrialRecord(BaseModel):
+    """One trial as the job records it (``job_trials`` returns these as dicts). Non-finite metric
+    values are stored as ``None`` so every record is plain JSON."""
+
+    trial_id: str
+    index: int
+    candidate: dict[str, Any]
+    status: TrialStatus = "running"
+    reason: str | None = None
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+    test_metrics: dict[str, float | None] = Field(default_factory=dict)
+    history: list[dict[str, float | None]] = Field(default_factory=list)
+    seed: int = 0
+    attempt: int = 1  # which coordinator run started it
+    requeued_from: str | None = None  # the preempted trial this one re-runs
+    node_id: str | None = None
+    node_ip: str | None = None
+    pid: int | None = None
+    cpu_time_s: float | None = None  # the worker process's CPU time for the trial
+    tune_trial_id: str | None = None
+    mlflow_run_id: str | None = None
+    weights: str | None = None  # safetensors file of prompt + head (completed trials)
+    started_at: float = Field(default_factory=time.time)
+    finished_at: float | None = None
+    wall_time_s: float | None = None
+
+
+class JobState(BaseModel):
+    """``state.json``: everything that changes while a job runs (written atomically)."""
+
+    version: int = STATE_VERSION
+    job_id: str
+    status: JobStatus = "queued"
+    message: str | None = None
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float = Field(default_factory=time.time)
+    attempts: int = 0
+    coordinator: dict[str, Any] | None = None  # pid, host, ray address, nodes of the current run
+    next_index: int = 1
+    strategy_state: dict[str, Any] | None = None
+    requeue: list[dict[str, Any]] = Field(default_factory=list)  # {"candidate": ..., "from": trial_id}
+    trials: list[TrialRecord] = Field(default_factory=list)
+    hypervolume: list[tuple[int, float]] = Field(default_factory=list)  # (finished trials, hypervolume)
+    mlflow: dict[str, Any] = Field(default_factory=dict)  # tracking_uri, experiment_id, parent_run_id
+
+
