@@ -39,7 +39,8 @@ def main() -> None:
 
     import torch
 
-    from promptsearch.coordinator import Workspace, _init_ray, job_trials, run_job, submit
+    from promptsearch.dispatch.ray_session import _init_ray
+    from promptsearch.service.jobs import Workspace, job_trials, run_job, submit
     from promptsearch.data import load_dataset
     from promptsearch.jobs import check_job, job_from_dict
     from promptsearch.backbones import build_backbone

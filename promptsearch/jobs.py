@@ -168,36 +168,43 @@ def _validate(data: Any, source: str, lines: dict[tuple, int]) -> JobSpec:
         raise JobError(format_validation(e, source, lines)) from None
 
 
-def parse_job(text: str, source: str = "<string>") -> JobSpec:
-    """A job from YAML (or JSON, which is YAML) text; errors name ``source:line: field``."""
+def parse_job(text: str, source: str = "<string>", check: bool = True) -> JobSpec:
+    """A job from YAML (or JSON, which is YAML) text; errors name ``source:line: field``.
+    ``check``: also run :func:`check_job` (space, paths, strategy options)."""
     try:
         data, lines = compose_yaml(text, source)
     except YamlError as e:
         raise JobError(str(e)) from None
     spec = _validate(_expand_env(data, (), lines, source), source, lines)
-    check_job(spec, source, lines)
+    if check:
+        check_job(spec, source, lines)
     return spec
 
 
-def load_job(path: str | Path) -> JobSpec:
-    """Load and validate a job file: every field, then that its space, paths and strategy resolve."""
+def load_job(path: str | Path, check: bool = True) -> JobSpec:
+    """Load and validate a job file: every field, then (``check``) that its space, paths and strategy resolve."""
     p = Path(path)
     if not p.is_file():
         raise JobError(f"job file {str(path)!r} not found")
-    return parse_job(p.read_text(), str(path))
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise JobError(f"job file {str(path)!r} is not readable text: {e}") from None
+    return parse_job(text, str(path), check)
 
 
-def job_from_dict(data: Mapping[str, Any], source: str = "<job>") -> JobSpec:
+def job_from_dict(data: Mapping[str, Any], source: str = "<job>", check: bool = True) -> JobSpec:
     """A job from already-parsed fields (the API's JSON body); the same checks as a file.
 
     No ``${VAR}`` expansion here: fields that come from a request must never read the server's
     environment (a token, say)."""
     spec = _validate(dict(data), source, {})
-    check_job(spec, source, {})
+    if check:
+        check_job(spec, source, {})
     return spec
 
 
-def with_overrides(spec: JobSpec, overrides: Mapping[str, Any], source: str = "override") -> JobSpec:
+def with_overrides(spec: JobSpec, overrides: Mapping[str, Any], source: str = "override", check: bool = True) -> JobSpec:
     """A copy with dotted fields replaced (``{"trials": 4, "budget.epochs": 1}``), validated again."""
     data = spec.model_dump(mode="json", exclude_unset=False)
     for key, value in overrides.items():
@@ -211,7 +218,8 @@ def with_overrides(spec: JobSpec, overrides: Mapping[str, Any], source: str = "o
             node = node[part]
         node[last] = value
     new = _validate(data, source, {})
-    check_job(new, source, {})
+    if check:
+        check_job(new, source, {})
     return new
 
 
@@ -224,9 +232,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 # --- cross checks (need the file system and the registries) -----------------------------------------
-def check_job(spec: JobSpec, source: str = "<job>", lines: dict[tuple, int] | None = None) -> SearchSpace:
-    """Checks that need more than the fields: the space loads, ``fix`` names its decisions, the
-    local paths exist and the strategy accepts its options. Returns the (fixed) space."""
+def job_space(spec: JobSpec, source: str = "<job>", lines: dict[tuple, int] | None = None) -> SearchSpace:
+    """The job's space with its ``fix`` pins applied (errors name the field)."""
     lines = lines or {}
     try:
         space = load_space(spec.space)
@@ -236,9 +243,17 @@ def check_job(spec: JobSpec, source: str = "<job>", lines: dict[tuple, int] | No
         if name not in space.spec.decisions:
             raise JobError(f"{where(source, lines, 'fix', name)}: space {space.name!r} has no decision {name!r}")
     try:
-        space = space.fix(**spec.fix) if spec.fix else space
+        return space.fix(**spec.fix) if spec.fix else space
     except SpaceError as e:
         raise JobError(f"{where(source, lines, 'fix')}: {e}") from None
+
+
+def check_job(spec: JobSpec, source: str = "<job>", lines: dict[tuple, int] | None = None) -> SearchSpace:
+    """Checks that need more than the fields: the space loads, ``fix`` names its decisions, the
+    local paths exist and the strategy accepts its options. Returns the (fixed) space. Run once
+    per submission: the loaders run it (``check=True``) or :func:`~promptsearch.service.jobs.submit` does."""
+    lines = lines or {}
+    space = job_space(spec, source, lines)
     if spec.data_root is not None and not Path(spec.data_root).expanduser().is_dir():
         raise JobError(f"{where(source, lines, 'data_root')}: folder {spec.data_root!r} not found")
     if spec.backbone.weights is not None and not Path(spec.backbone.weights).expanduser().is_file():

@@ -216,13 +216,18 @@ def crowding_distance(values: np.ndarray, ranks: np.ndarray | None = None) -> np
     return out
 
 
-def pareto_front(results: Sequence[Any], objectives: Sequence[Objective] = DEFAULT_OBJECTIVES) -> list[int]:
-    """Indices into ``results`` of the non-dominated usable trials (in ``results`` order)."""
+def front_ranks(results: Sequence[Any], objectives: Sequence[Objective] = DEFAULT_OBJECTIVES) -> dict[int, int]:
+    """Index into ``results`` -> Pareto rank (0 = on the front) of every usable trial."""
     idx = usable_indices(results, objectives)
     if not idx:
-        return []
+        return {}
     ranks = nondominated_ranks(objective_values(results, objectives), objectives)
-    return [i for i, r in zip(idx, ranks) if r == 0]
+    return {i: int(r) for i, r in zip(idx, ranks)}
+
+
+def pareto_front(results: Sequence[Any], objectives: Sequence[Objective] = DEFAULT_OBJECTIVES) -> list[int]:
+    """Indices into ``results`` of the non-dominated usable trials (in ``results`` order)."""
+    return [i for i, r in front_ranks(results, objectives).items() if r == 0]
 
 
 def hypervolume(results: Sequence[Any] | np.ndarray, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES,

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptsearch.coordinator import Workspace, cancel, job_status, job_trials, list_jobs, run_job, submit
+from promptsearch.service.jobs import Workspace, cancel, job_status, job_trials, list_jobs, run_job, submit
 from promptsearch.jobs import job_from_dict
 
 pytestmark = pytest.mark.slow

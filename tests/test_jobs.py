@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from promptsearch.cli import app
-from promptsearch.coordinator import cancel, job_status, job_trials, list_jobs, run_job, submit
+from promptsearch.service.jobs import cancel, job_status, job_trials, list_jobs, run_job, submit
 from promptsearch.search.records import JobState
 from promptsearch.search.workspace import Workspace, coordinator_alive
 from promptsearch.search.workspace import job_lock as _job_lock
@@ -129,7 +129,7 @@ def test_submit_status_cancel_of_a_queued_job(tmp_path, data_root, mobilenet_wei
 
 def test_job_scalarization_reaches_the_strategy(tmp_path, data_root, mobilenet_weights):
     """The job's scalarization weights make the strategy's reward (rl learns from that one number)."""
-    from promptsearch.coordinator import SearchLoop
+    from promptsearch.search.loop import SearchLoop
 
     ws = Workspace(tmp_path)
     text = _job_text(data_root, mobilenet_weights, strategy="rl",
@@ -150,7 +150,7 @@ def test_job_scalarization_reaches_the_strategy(tmp_path, data_root, mobilenet_w
 def test_a_cancel_during_a_resume_is_not_lost(tmp_path, data_root, mobilenet_weights):
     """A cancelled job being resumed: an old cancel request does not stop the resume, a cancel that
     arrives once the resuming coordinator holds the job does (it must not be cleared as stale)."""
-    from promptsearch.coordinator import SearchLoop
+    from promptsearch.search.loop import SearchLoop
     from promptsearch.search.workspace import cancel_requested
 
     ws = Workspace(tmp_path)
@@ -238,7 +238,7 @@ def test_cli_reports_bad_jobs_without_a_traceback(tmp_path, data_root, mobilenet
 
 def test_the_loop_records_nan_objectives_and_missing_results_as_failures(tmp_path, data_root, mobilenet_weights):
     """SearchLoop's ask/tell without Ray (the Tune adapter calls exactly these)."""
-    from promptsearch.coordinator import FINISHED, SearchLoop
+    from promptsearch.search.loop import FINISHED, SearchLoop
     from promptsearch.trial import TrialResult
 
     ws = Workspace(tmp_path)

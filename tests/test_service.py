@@ -401,13 +401,13 @@ def test_dashboard_in_chromium(server, finished_job, tmp_path):
 
 # --- restart -------------------------------------------------------------------------------------------------
 def _job_process(job_id: str) -> int | None:
-    """The pid of the server's subprocess that runs ``job_id`` (``python -m promptsearch.api run JOB``)."""
+    """The pid of the server's subprocess that runs ``job_id`` (``python -m promptsearch.service.runner run JOB``)."""
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"promptsearch.api" in argv and b"run" in argv and job_id.encode() in argv:
+        if b"promptsearch.service.runner" in argv and b"run" in argv and job_id.encode() in argv:
             return int(proc.name)
     return None
 
@@ -430,7 +430,7 @@ def test_a_killed_job_process_reads_interrupted_and_resumes(server):
 def test_killed_server_restarts_and_jobs_finish(tmp_path, defaults):
     """kill -9 the server while a job runs and another waits: after a restart the queued job runs
     and the interrupted one resumes; it ends with exactly the requested trials, none re-run."""
-    from promptsearch import coordinator
+    from promptsearch.service import jobs as coordinator
 
     ws = tmp_path / "ws"
     srv = Server(ws, defaults).start()

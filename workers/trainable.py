@@ -1,94 +1,9 @@
-"""The Ray Tune trainable: one trial of a search job, on whichever node Ray places it.
+"""The worker entry point: the Ray Tune trainable every search job's trials run
+(``promptsearch.dispatch.trainable``; see workers/README.md for what a worker node needs).
 
-    python -c "from workers.trainable import TrialJob; print(TrialJob.model_json_schema()['required'])"
-
-The coordinator sends the job once (``tune.with_parameters``: space, dataset, backbone, budget,
-where weights go) and each trial's config (``trial_id``, ``genome``, ``seed``). The trainable
-rebuilds the candidate, calls :func:`promptsearch.trial.run_trial`, reports every epoch with
-``tune.report`` and finally the whole ``TrialResult`` as JSON. It never talks to MLflow; the
-coordinator records everything. With ``reuse_actors`` one worker process runs many trials, so the
-dataset and the frozen backbone are loaded once per process (``_CACHE``).
-
-Paths in the job (data root, backbone weights, weights directory) must exist on every node: one
-machine, a shared file system, or the same mounts in every container (workers/README.md).
+    python -c "from workers.trainable import train_trial, TrialJob; print(TrialJob.model_json_schema()['required'])"
 """
 
-from __future__ import annotations
+from promptsearch.dispatch.trainable import FAULTS, TrialJob, parse_faults, train_trial  # noqa: F401
 
-import json
-import os
-import time
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
-
-# Test-only fault injection (set by the coordinator from $PROMPTSEARCH_FAULTS): "raise" makes the
-# trainable raise before training, "exit" kills the worker process after its first epoch. Faults a
-# real trial cannot be made to produce on demand; everything else in the tests is real.
-FAULTS = ("raise", "exit")
-
-_CACHE: dict[tuple, Any] = {}
-
-
-class TrialJob(BaseModel):
-    """What every trial of a job shares (sent once per job through Ray's object store)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    job_id: str
-    space: dict[str, Any]  # the validated SpaceFile (with the job's pins), not a path
-    dataset: str
-    data_root: str | None = None
-    backbone: dict[str, Any]  # BackboneSpec fields
-    budget: dict[str, Any]  # Budget fields
-    weights_dir: str  # <workspace>/jobs/<job>/weights
-    faults: dict[str, str] = Field(default_factory=dict)  # trial_id -> "raise" | "exit" (tests only)
-
-
-def _cached(key: tuple, make):
-    if key not in _CACHE:
-        _CACHE[key] = make()
-    return _CACHE[key]
-
-
-def _node() -> dict[str, Any]:
-    import ray
-
-    return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
-
-
-def train_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
-    """Run one trial (Ray Tune function trainable; ``job`` comes from ``tune.with_parameters``)."""
-    from ray import tune
-
-    from promptsearch.data import load_dataset
-    from promptsearch.backbones import BackboneSpec, build_backbone
-    from promptsearch.space import SearchSpace, SpaceFile
-    from promptsearch.trial import Budget, run_trial
-
-    spec = TrialJob.model_validate(job)
-    trial_id = config["trial_id"]
-    fault = spec.faults.get(trial_id)
-    if fault == "raise":
-        raise RuntimeError(f"injected fault: trial {trial_id} raises (PROMPTSEARCH_FAULTS)")
-    space = _cached(("space", json.dumps(spec.space, sort_keys=True)),
-                    lambda: SearchSpace(SpaceFile.model_validate(spec.space), f"job {spec.job_id}"))
-    candidate = space.candidate(config["genome"])
-    data = _cached(("data", spec.dataset, spec.data_root), lambda: load_dataset(spec.dataset, root=spec.data_root))
-    backbone_spec = BackboneSpec(**spec.backbone)
-    backbone = _cached(("backbone", json.dumps(backbone_spec.to_json(), sort_keys=True)),
-                       lambda: build_backbone(backbone_spec))
-    node = _node()
-
-    def on_epoch(epoch: int, row: dict[str, float]) -> None:
-        tune.report({**row, "history_row": json.dumps(row), **node})
-        if fault == "exit":
-            os._exit(13)  # the worker process dies mid-trial, as an OOM kill or a segfault would
-
-    weights = os.path.join(spec.weights_dir, f"{trial_id}.safetensors")
-    cpu0 = time.process_time()
-    result = run_trial(candidate, data, backbone, Budget(**spec.budget), seed=int(config["seed"]),
-                       on_epoch=on_epoch, weights_out=weights)
-    saved = weights if result.status == "completed" and os.path.exists(weights) else ""
-    tune.report({"trial_result": json.dumps(result.model_dump()),  # json keeps NaN; pydantic would null it
-                 "weights": saved, "cpu_time_s": time.process_time() - cpu0, **node})
+__all__ = ["FAULTS", "TrialJob", "parse_faults", "train_trial"]

@@ -17,12 +17,12 @@ out = Console()  # tables a user may pipe
 
 DataRoot = typer.Option(None, "--data-root", envvar="PROMPTSEARCH_DATA_ROOT",
                         help="Folder holding the MedMNIST .npz files (or env PROMPTSEARCH_DATA_ROOT).")
-Backbone = typer.Option("vit_tiny_patch16_224", "--backbone",
+BackboneOpt = typer.Option("vit_tiny_patch16_224", "--backbone",
                         help="timm model name, or torchvision:<name> (e.g. torchvision:mobilenet_v2).")
 BackboneWeights = typer.Option(None, "--backbone-weights", help="Local weights file for the backbone (offline).")
 Pretrained = typer.Option(False, "--pretrained", help="Fetch the backbone's pretrained weights from the hub.")
 ImageSize = typer.Option(None, "--image-size", help="Backbone working size in pixels (default: the backbone's).")
-Workspace = typer.Option(None, "--workspace", envvar="PROMPTSEARCH_WORKSPACE",
+WorkspaceOpt = typer.Option(None, "--workspace", envvar="PROMPTSEARCH_WORKSPACE",
                          help="Folder holding jobs, Ray Tune storage and the MLflow store (default ./promptsearch-runs).")
 PatchSize = typer.Option(None, "--patch-size", help="ViT patch size override (e.g. 4 for 28 px input).")
 
@@ -30,6 +30,19 @@ PatchSize = typer.Option(None, "--patch-size", help="ViT patch size override (e.
 def fail(message: str, code: int = 2) -> NoReturn:
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # grep-able, unwrapped
     raise typer.Exit(code)
+
+
+def resolved(workspace: Any, job: str) -> tuple[Any, str]:
+    """(Workspace, the job's full id) from a workspace option and a job id or unique prefix, or a
+    clean exit naming what is wrong."""
+    from ..jobs import JobError
+    from ..search.workspace import as_workspace
+
+    ws = as_workspace(workspace)
+    try:
+        return ws, ws.resolve(job)
+    except JobError as e:
+        fail(str(e))
 
 
 def print_json(obj: Any) -> None:

@@ -11,14 +11,14 @@ from typing import Optional
 
 import typer
 
-from .common import Workspace, console, fail, print_json
+from .common import WorkspaceOpt, console, fail, print_json
 
 
 def export(job: str = typer.Argument(..., help="Job id."),
            pick: str = typer.Option("knee", "--pick", help="'knee', 'best:<objective>[ where <metric> <= v]' or 'trial=<id>'."),
            out: Path = typer.Option(..., "--out", help="Bundle folder to write."),
            zip_: bool = typer.Option(False, "--zip", help="Also write OUT.zip."),
-           workspace: Optional[Path] = Workspace) -> None:
+           workspace: Optional[Path] = WorkspaceOpt) -> None:
     """Export one trial of a job (the knee of its Pareto front by default) as a loadable bundle."""
     from ..export import ExportError, export_job
 

@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .common import Workspace, console, fail, out, print_json
+from .common import WorkspaceOpt, console, fail, out, print_json, resolved
 
 # tables stay readable in logs and CI (a non-terminal console would default to 80 columns)
 wide = out if out.is_terminal else Console(width=160)  # tables to stdout (pipe-able), wide when piped
@@ -79,8 +79,8 @@ def front_table(job_id: str, front: list[dict[str, Any]], objectives: list[dict[
 
 
 def _run(ws, job_id: str, ray_address: str | None, resume_cancelled: bool, as_json: bool) -> None:
-    from ..coordinator import job_front, job_status, run_job
     from ..jobs import JobError
+    from ..service.jobs import job_front, job_status, run_job
 
     last = [0.0]
     if as_json:
@@ -120,7 +120,7 @@ def _run(ws, job_id: str, ray_address: str | None, resume_cancelled: bool, as_js
 
 def search(
     job_file: Path = typer.Argument(..., help="The job file (YAML or JSON)."),
-    workspace: Optional[Path] = Workspace,
+    workspace: Optional[Path] = WorkspaceOpt,
     trials: Optional[int] = typer.Option(None, "--trials", help="Override the number of trials."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Override how many trials run at once."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="Override the strategy (random, evolution, ...)."),
@@ -133,21 +133,21 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="No live view; print the final status and front as JSON."),
 ) -> None:
     """Run a search job in the foreground: live progress, then its Pareto front."""
-    from ..coordinator import Workspace as WS
-    from ..coordinator import submit
     from ..jobs import JobError, load_job, parse_override, with_overrides
+    from ..search.workspace import as_workspace
+    from ..service.jobs import submit
 
     try:
-        spec = load_job(job_file)
         overrides = dict(parse_override(s) for s in set_)
         overrides.update({k: v for k, v in {
             "trials": trials, "concurrency": concurrency, "strategy": strategy, "seed": seed, "data_root": data_root,
             "backbone.weights": backbone_weights, "ray_address": ray_address, "tracking_uri": tracking_uri}.items()
             if v is not None})
+        spec = load_job(job_file, check=not overrides)  # checked once: here (file:line) or after the overrides
         if overrides:
             spec = with_overrides(spec, overrides, source=f"{job_file} (overrides)")
-        ws = WS(workspace)
-        job_id = submit(ws, spec, job_file=job_file.read_text())
+        ws = as_workspace(workspace)
+        job_id = submit(ws, spec, job_file=job_file.read_text(), checked=True)
     except JobError as e:
         fail(str(e))
     if not as_json:
@@ -155,17 +155,18 @@ def search(
     _run(ws, job_id, None, False, as_json)
 
 
-def jobs(workspace: Optional[Path] = Workspace,
+def jobs(workspace: Optional[Path] = WorkspaceOpt,
          as_json: bool = typer.Option(False, "--json", help="Print the jobs as JSON.")) -> None:
     """List the workspace's jobs with status and progress."""
-    from ..coordinator import Workspace as WS
-    from ..coordinator import list_jobs
+    from ..search.workspace import as_workspace
+    from ..service.jobs import list_jobs
 
-    rows = list_jobs(WS(workspace))
+    ws = as_workspace(workspace)
+    rows = list_jobs(ws)
     if as_json:
         print_json(rows)
         return
-    t = Table(title=f"jobs in {WS(workspace).root}")
+    t = Table(title=f"jobs in {ws.root}")
     t.add_column("job", no_wrap=True)
     for c in ("status", "strategy", "space", "done", "failed", "running", "HV", "created"):
         t.add_column(c, justify="right" if c in ("done", "failed", "running", "HV") else "left")
@@ -178,17 +179,15 @@ def jobs(workspace: Optional[Path] = Workspace,
     wide.print(t)
 
 
-def cancel(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = Workspace,
+def cancel(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = WorkspaceOpt,
            wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the job has stopped.")) -> None:
     """Stop a running job cleanly (its unfinished trials are recorded as preempted)."""
-    from ..coordinator import Workspace as WS
-    from ..coordinator import cancel as cancel_job
-    from ..coordinator import job_status
     from ..jobs import JobError
+    from ..service.jobs import cancel as cancel_job
+    from ..service.jobs import job_status
 
-    ws = WS(workspace)
+    ws, job_id = resolved(workspace, job)
     try:
-        job_id = ws.resolve(job)
         status = cancel_job(ws, job_id)
         deadline = time.monotonic() + 120
         while wait and status["status"] in ("running", "queued") and not status["interrupted"] and time.monotonic() < deadline:
@@ -199,16 +198,14 @@ def cancel(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), 
     console.print(f"{job_id}: {status['status']}" + (f" ({status['message']})" if status["message"] else ""))
 
 
-def pareto(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = Workspace,
+def pareto(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = WorkspaceOpt,
            as_json: bool = typer.Option(False, "--json", help="Print the front's trial records as JSON.")) -> None:
     """Print a job's Pareto front (so far, if it is still running)."""
-    from ..coordinator import Workspace as WS
-    from ..coordinator import job_front, job_status
     from ..jobs import JobError
+    from ..service.jobs import job_front, job_status
 
-    ws = WS(workspace)
+    ws, job_id = resolved(workspace, job)
     try:
-        job_id = ws.resolve(job)
         front, status = job_front(ws, job_id), job_status(ws, job_id)
     except JobError as e:
         fail(str(e))
@@ -218,18 +215,11 @@ def pareto(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), 
     wide.print(front_table(job_id, front, status["objectives"]))
 
 
-def resume(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = Workspace,
+def resume(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = WorkspaceOpt,
            ray_address: Optional[str] = RayAddress,
            as_json: bool = typer.Option(False, "--json", help="No live view; print the final status and front as JSON.")) -> None:
     """Continue an interrupted or cancelled job: finished trials are kept, unfinished ones re-run."""
-    from ..coordinator import Workspace as WS
-    from ..jobs import JobError
-
-    ws = WS(workspace)
-    try:
-        job_id = ws.resolve(job)
-    except JobError as e:
-        fail(str(e))
+    ws, job_id = resolved(workspace, job)
     _run(ws, job_id, ray_address, True, as_json)
 
 

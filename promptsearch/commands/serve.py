@@ -11,12 +11,12 @@ from typing import Optional
 
 import typer
 
-from .common import Workspace, console, fail
+from .common import WorkspaceOpt, console, fail
 
 
 def serve(host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (0.0.0.0: every interface)."),
           port: int = typer.Option(8000, "--port", help="TCP port."),
-          workspace: Optional[Path] = Workspace,
+          workspace: Optional[Path] = WorkspaceOpt,
           max_jobs: int = typer.Option(1, "--max-jobs", envvar="PROMPTSEARCH_MAX_JOBS", min=1,
                                        help="Jobs that run at once (each in its own process); the rest queue."),
           job_defaults: Optional[Path] = typer.Option(
@@ -28,15 +28,16 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Interface to bin
 
     import uvicorn
 
-    from ..api import TOKEN_ENV, Settings, create_app, load_job_defaults
-    from ..coordinator import Workspace as WS
     from ..jobs import JobError
+    from ..search.workspace import as_workspace
+    from ..service.app import create_app
+    from ..service.settings import TOKEN_ENV, Settings, load_job_defaults
 
     try:
         defaults = load_job_defaults(job_defaults)
     except JobError as e:
         fail(f"--job-defaults: {e}")
-    workspace = WS(workspace).root
+    workspace = as_workspace(workspace).root
     workspace.mkdir(parents=True, exist_ok=True)
     token = os.environ.get(TOKEN_ENV) or None
     settings = Settings(workspace=workspace, max_jobs=max_jobs, token=token, job_defaults=defaults,

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import (Backbone, BackboneWeights, DataRoot, ImageSize, PatchSize, Pretrained, console, fail, out,
+from .common import (BackboneOpt, BackboneWeights, DataRoot, ImageSize, PatchSize, Pretrained, console, fail, out,
                      print_json)
 
 space_app = typer.Typer(help="Inspect and validate search space files.", no_args_is_help=True)
@@ -76,7 +76,7 @@ def trial(
     dataset: str = typer.Option("breastmnist", "--dataset", help="MedMNIST name, or folder:PATH of class sub-folders."),
     data_root: Optional[str] = DataRoot,
     download: bool = typer.Option(False, "--download", help="Let MedMNIST download missing files (needs network)."),
-    backbone: str = Backbone,
+    backbone: str = BackboneOpt,
     backbone_weights: Optional[str] = BackboneWeights,
     pretrained: bool = Pretrained,
     image_size: Optional[int] = ImageSize,

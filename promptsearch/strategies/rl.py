@@ -20,27 +20,14 @@ generator, the baseline and the unused results: restore is exact.
 from __future__ import annotations
 
 import base64
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..threads import torch_threads
 from .base import STRATEGIES, Genome, Observation, Strategy
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """The controller's ops are tiny: extra intra-op threads only spin (5x slower on a busy CPU)."""
-    n = torch.get_num_threads()
-    if n != 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if n != 1:
-            torch.set_num_threads(n)
 
 
 class Controller(nn.Module):
@@ -163,13 +150,13 @@ class RLStrategy(Strategy):
         return G, logp, ent
 
     def _propose(self) -> Sequence[int]:
-        with torch.no_grad(), one_thread():
+        with torch.no_grad(), torch_threads(1):  # tiny ops: more threads only spin (5x slower on a busy CPU)
             return self._walk(None)[0][0]
 
     def _observe(self, obs: Observation) -> None:
         self.buffer.append((obs.genome, obs.reward))
         if len(self.buffer) >= self.batch_size:
-            with one_thread():
+            with torch_threads(1):
                 self._update()
 
     def _update(self) -> None:

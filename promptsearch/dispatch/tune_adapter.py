@@ -1,12 +1,12 @@
-"""The one thin adapter between Ray Tune and a search job's loop (:class:`~promptsearch.coordinator.SearchLoop`).
+"""The one thin adapter between Ray Tune and a search job's loop (:class:`~promptsearch.search.loop.SearchLoop`).
 
-    python -c "from promptsearch.tune_adapter import StrategySearcher; help(StrategySearcher)"
+    python -c "from promptsearch.dispatch.tune_adapter import StrategySearcher; help(StrategySearcher)"
 
 Like Ray's ``OptunaSearch``: ``suggest`` -> ``loop.ask`` (-> ``strategy.ask()``), ``on_trial_result``
 -> ``loop.epoch``, ``on_trial_complete`` -> ``loop.tell`` (-> ``strategy.tell()``; an errored trial
 is told as failed). Two hooks complete it: a Stopper that stops every trial when the job is
 cancelled or fails too often, and a Callback that hands Ray's error text of an errored trial to the
-loop. Strategies never see Ray; this module is the only place the coordinator meets Tune's types.
+loop. Strategies and the loop never see Ray: this package is where Ray lives.
 """
 
 from __future__ import annotations
@@ -14,15 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray.tune import Callback, Stopper
 from ray.tune.search import Searcher
 
-from .coordinator import FINISHED
-
-if TYPE_CHECKING:
-    from .coordinator import SearchLoop
+from ..results import TrialResult
+from ..search.loop import FINISHED, SearchLoop
 
 
 class StrategySearcher(Searcher):
@@ -38,7 +36,7 @@ class StrategySearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict | str | None:
         config = self.loop.ask(trial_id)
-        if config == FINISHED:
+        if config is FINISHED:
             return Searcher.FINISHED
         self.trials[trial_id] = config["trial_id"]
         return config
@@ -48,8 +46,6 @@ class StrategySearcher(Searcher):
             self.loop.epoch(self.trials[trial_id], json.loads(result["history_row"]), node_info(result))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        from .trial import TrialResult
-
         ours = self.trials.get(trial_id)
         if ours is None:
             return

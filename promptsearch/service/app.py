@@ -1,0 +1,189 @@
+"""The promptsearch service: REST API + Pareto dashboard, jobs run in the background.
+
+    promptsearch serve --host 127.0.0.1 --port 8000 --workspace promptsearch-runs
+
+Jobs are submitted to the workspace through the job API (:mod:`promptsearch.service.jobs`),
+queued, and each one runs in **its own subprocess** (:mod:`promptsearch.service.runner`), at most
+``max_jobs`` at a time: the API stays responsive, and a killed server loses nothing.
+
+Security: job ids and names are validated against a strict pattern before they reach the job
+API; a request cannot name files (:mod:`promptsearch.service.requests`). With
+``PROMPTSEARCH_API_TOKEN`` set, every API endpoint except ``/health`` needs
+``Authorization: Bearer <token>`` (the dashboard's static shell and the API description carry no
+job data and stay public, so the page can ask for it).
+"""
+
+from __future__ import annotations
+
+import hmac
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+
+from . import jobs
+from .requests import JobRequest, job_spec, meta, valid_id
+from .runner import JobRunner
+from .settings import Settings
+from .views import JobSummary, Pareto, TrialPage, existing, job_objectives, pareto_view, spec_json, status_of, summary_view, trial_views
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "dashboard"
+
+
+def plotly_js() -> Path:
+    """The plotly.min.js bundled in the installed ``plotly`` package (no CDN: works air-gapped)."""
+    import plotly
+
+    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if not path.exists():
+        raise RuntimeError(f"{path} missing: reinstall the plotly package")
+    return path
+
+
+def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
+    from contextlib import asynccontextmanager
+
+    from fastapi_offline import FastAPIOffline
+
+    runner = JobRunner(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if start_runner:
+            runner.start()
+        yield
+        runner.stop()
+
+    app = FastAPIOffline(title="promptsearch", version=_version(), lifespan=lifespan,
+                         description="Prompt architecture search jobs, their Pareto fronts and exports. "
+                                     "The dashboard is at `/`.")
+    app.state.settings, app.state.runner = settings, runner
+    bearer = HTTPBearer(auto_error=False)
+
+    def auth(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if not settings.token:
+            return
+        if creds is None or creds.scheme.lower() != "bearer" or not hmac.compare_digest(
+                creds.credentials.encode(), settings.token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer <PROMPTSEARCH_API_TOKEN>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(auth)]
+    ws = settings.workspace
+
+    @app.get("/health", tags=["service"])
+    def health() -> dict[str, Any]:
+        """Liveness: always public."""
+        return {"status": "ok", "version": _version(), "jobs_running": len(runner.running()),
+                "jobs_queued": len(runner.queued()), "auth": bool(settings.token)}
+
+    @app.get("/meta", tags=["service"], dependencies=guarded)
+    def meta() -> dict[str, Any]:
+        """What the submit form offers: spaces, strategies, datasets, objectives and the job defaults."""
+        return meta(settings)
+
+    @app.post("/jobs", status_code=201, tags=["jobs"], dependencies=guarded)
+    def submit_job(req: JobRequest) -> dict[str, Any]:
+        """Submit a search job (queued; runs in the background). Returns its id."""
+        spec = job_spec(req, settings)
+        try:
+            job_id = jobs.submit(ws, spec)  # the job's checks run here, once
+        except jobs.JobError as e:
+            raise HTTPException(422, str(e).removeprefix("<job>: ")) from None
+        runner.enqueue(job_id)
+        return {"id": job_id, "status": "queued", "url": f"/jobs/{job_id}"}
+
+    @app.get("/jobs", tags=["jobs"], dependencies=guarded)
+    def list_jobs() -> dict[str, list[JobSummary]]:
+        return {"jobs": [summary_view(j, runner) for j in jobs.list_jobs(ws)]}
+
+    @app.get("/jobs/{job_id}", tags=["jobs"], dependencies=guarded)
+    def get_job(job_id: str) -> dict[str, Any]:
+        """Status, progress, best values, hypervolume, objectives and the job's fields."""
+        st = status_of(ws, job_id)
+        return {**summary_view(st, runner).model_dump(), "objectives": st["objectives"],
+                "spec": spec_json(ws, job_id)}
+
+    @app.post("/jobs/{job_id}/cancel", status_code=202, tags=["jobs"], dependencies=guarded)
+    def cancel_job(job_id: str) -> JobSummary:
+        st = status_of(ws, job_id)
+        if st["status"] not in ("queued", "running"):
+            raise HTTPException(409, f"job {job_id} is {st['status']}: only queued or running jobs can be cancelled")
+        runner.cancel(job_id)
+        return summary_view(status_of(ws, job_id), runner)
+
+    @app.post("/jobs/{job_id}/resume", status_code=202, tags=["jobs"], dependencies=guarded)
+    def resume_job(job_id: str) -> JobSummary:
+        st = status_of(ws, job_id)
+        if job_id in runner.queued() or (job_id in runner.running() and st["status"] in ("queued", "running")):
+            raise HTTPException(409, f"job {job_id} is already {'queued' if job_id in runner.queued() else 'running'}")
+        if st["status"] == "completed":
+            raise HTTPException(409, f"job {job_id} is completed: nothing to resume")
+        if jobs.coordinator_alive(jobs.Workspace(ws), job_id):
+            raise HTTPException(409, f"job {job_id} is running in another coordinator process")
+        runner.enqueue(job_id, resume_cancelled=st["status"] == "cancelled")
+        return summary_view(status_of(ws, job_id), runner)
+
+    @app.get("/jobs/{job_id}/trials", tags=["jobs"], dependencies=guarded)
+    def trials(job_id: str, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=10000),
+               status: Literal["completed", "failed", "preempted", "running"] | None = None) -> TrialPage:
+        """The job's trials in submission order, paged; ``status`` filters."""
+        existing(ws, job_id)
+        rows = trial_views(jobs.job_trials(ws, job_id), job_objectives(ws, job_id))
+        if status:
+            rows = [t for t in rows if t.status == status]
+        return TrialPage(total=len(rows), offset=offset, limit=limit, trials=rows[offset:offset + limit])
+
+    @app.get("/jobs/{job_id}/pareto", tags=["jobs"], dependencies=guarded)
+    def pareto(job_id: str) -> Pareto:
+        """The Pareto front over the job's objectives, its knee, and the hypervolume curve."""
+        existing(ws, job_id)
+        return pareto_view(ws, job_id)
+
+    @app.get("/jobs/{job_id}/export", tags=["jobs"], dependencies=guarded,
+             responses={200: {"content": {"application/zip": {}}, "description": "the bundle as a zip"}})
+    def export(job_id: str, pick: str = Query("knee", max_length=200,
+                                              description="knee | best:<objective>[ where <metric> <= v] | trial=<id>")) -> Response:
+        """The export bundle (config.json, prompts.safetensors, MODEL_CARD.md) of one trial, as a zip."""
+        from ..export import ExportError, NothingToExport, UnknownTrial, bundle_bytes, export_job
+
+        existing(ws, job_id)
+        if pick.startswith("trial="):
+            valid_id(pick.removeprefix("trial="), "trial id")
+        with tempfile.TemporaryDirectory(prefix="promptsearch-export-") as tmp:
+            try:
+                folder, info = export_job(ws, job_id, pick, Path(tmp) / "bundle")
+            except UnknownTrial as e:
+                raise HTTPException(404, str(e)) from None
+            except NothingToExport as e:
+                raise HTTPException(409, str(e)) from None
+            except ExportError as e:  # a pick rule that does not parse or matches nothing
+                raise HTTPException(422, str(e)) from None
+            data = bundle_bytes(folder)
+        name = f"{job_id}-{info['trial_id']}.zip"
+        return Response(data, media_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"',
+                                 "X-Promptsearch-Trial": str(info["trial_id"])})
+
+    # the dashboard: a static shell (no data) + Plotly from the installed package
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(DASHBOARD / "index.html")
+
+    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
+    def plotly() -> FileResponse:
+        return FileResponse(plotly_js(), media_type="application/javascript",
+                            headers={"Cache-Control": "public, max-age=86400"})
+
+    app.mount("/static", StaticFiles(directory=DASHBOARD), name="static")
+    return app
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
