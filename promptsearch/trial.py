@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .budget import Budget
 from .data import Dataset, Split
+from .losses import loss_fn
 from .metrics import classification_metrics
 from .results import TrialResult
 from .threads import torch_threads
@@ -49,12 +49,6 @@ def _batches(split: Split, batch_size: int, generator: torch.Generator | None, d
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def loss_fn(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if task == "multi-label":
-        return F.binary_cross_entropy_with_logits(logits, labels)
-    return F.cross_entropy(logits, labels)
 
 
 @torch.no_grad()

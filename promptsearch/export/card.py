@@ -1,0 +1,86 @@
+"""``MODEL_CARD.md`` of a bundle: what it was trained for, its metrics, intended use and limits.
+
+    python -c "from promptsearch.export import load_config, model_card; print(model_card(load_config('exported/')))"
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .schema import BundleConfig
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return f"{int(v):,}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def model_card(cfg: BundleConfig) -> str:
+    """``MODEL_CARD.md``: purpose, metrics, intended use and limits, in plain words."""
+    val, test = cfg.metrics.get("validation", {}), cfg.metrics.get("test", {})
+    keys = [k for k in ("auc", "accuracy", "balanced_accuracy", "worst_class_recall") if k in val or k in test]
+    costs = [k for k in ("prompt_params", "head_params", "trainable_params", "backbone_params", "latency_ms",
+                         "prompt_pixels", "prompt_tokens", "prompted_layers") if k in val]
+    rows = "\n".join(f"| {k} | {_fmt(val.get(k, ''))} | {_fmt(test.get(k, ''))} |" for k in keys)
+    cost_rows = "\n".join(f"| {k} | {_fmt(val[k])} |" for k in costs)
+    objectives = ", ".join(f"{o['name']} ({o.get('direction', '?')})" for o in cfg.objectives) or "not recorded"
+    budget = cfg.recipe.get("budget", {})
+    origin = ", ".join(f"{k} {v}" for k, v in cfg.origin.items() if v not in (None, "")) or "a single trial"
+    return f"""# {cfg.dataset.get('name', 'dataset')}: prompt configuration `{cfg.candidate_key or 'exported'}`
+
+A visual prompt ({cfg.architecture.get('module', '?')} prompt) and a linear head, learned on a **frozen**
+`{cfg.backbone.name}` backbone for **{cfg.task}** classification of {cfg.dataset.get('name', 'the dataset')}
+into {len(cfg.classes)} classes: {'; '.join(f'`{c}`' for c in cfg.classes)}.
+Found by promptsearch {cfg.promptsearch_version} ({origin}) in search space `{cfg.space['name']}`
+(hash {cfg.space['hash']}), selected on validation objectives: {objectives}.
+
+    promptsearch predict THIS_FOLDER image.png
+
+## Architecture
+
+```json
+{json.dumps(cfg.architecture, indent=2)}
+```
+
+## Metrics
+
+Selection used the validation split only; the test split was evaluated once, after training,
+and never used to choose this configuration.
+
+| metric | validation | test |
+|---|---|---|
+{rows}
+
+| cost | value |
+|---|---|
+{cost_rows}
+
+## Training recipe
+
+Seed {cfg.recipe.get('seed')}; {budget.get('epochs')} epoch(s), batch {budget.get('batch_size')},
+{'all' if not budget.get('max_train_samples') else budget.get('max_train_samples')} training images;
+{cfg.recipe.get('optimizer', '')}. Inputs: {cfg.input.channels}-channel images of
+{cfg.input.size or 'any'} px, scaled to [0, 1]; the model resizes them to {cfg.backbone.image_size or 'the backbone default'} px.
+
+## Backbone weights (not included)
+
+`{cfg.backbone.name}`: {cfg.backbone.obtain}.
+{f"Expected sha256: `{cfg.backbone.weights_sha256}`." if cfg.backbone.weights_sha256 else ""}
+Load with `promptsearch.load_exported(THIS_FOLDER, backbone_weights=PATH)` if the recorded path
+(`{cfg.backbone.weights}`) does not exist on your machine.
+
+## Intended use and limits
+
+- Research and method development on {cfg.dataset.get('name', 'this dataset')}-like images; **not a
+  medical device** and not validated for clinical decisions.
+- Metrics come from small public benchmark splits (validation {cfg.dataset.get('splits', {}).get('val', '?')} images,
+  test {cfg.dataset.get('splits', {}).get('test', '?')} images) and carry wide uncertainty; re-validate on data from
+  your own site, scanners and population before any use.
+- Expect degraded performance on other modalities, resolutions, acquisition protocols or label
+  definitions than the training data; the worst-class recall above is the figure to watch for
+  missed findings.
+"""
