@@ -37,6 +37,14 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[Path], None], m
         raise
 
 
+def bundled(folder: str) -> Path:
+    """A folder of the package's data (bundled spaces, default jobs), found with importlib.resources
+    so that an installed wheel finds it as well as a checkout."""
+    from importlib.resources import files
+
+    return Path(str(files("promptsearch") / folder))
+
+
 def file_sha256(path: str | Path) -> str:
     """The sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()

@@ -26,10 +26,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .files import bundled
 from .space import Scalar, SearchSpace, SpaceError, load_space
 from .yamlio import YamlError, compose_yaml, error_line, first_error, format_validation, where
 from .backbone_spec import BackboneSpec
 from .budget import Budget
+
+
+DEFAULT_JOBS_DIR = bundled("default_jobs")  # breast_pixel.yaml: the README's main job
 
 
 class JobError(YamlError):
@@ -181,11 +185,27 @@ def parse_job(text: str, source: str = "<string>", check: bool = True) -> JobSpe
     return spec
 
 
-def load_job(path: str | Path, check: bool = True) -> JobSpec:
-    """Load and validate a job file: every field, then (``check``) that its space, paths and strategy resolve."""
+def bundled_jobs() -> list[str]:
+    """Names of the job files shipped with the package (``promptsearch search NAME`` runs one)."""
+    return sorted(p.stem for p in DEFAULT_JOBS_DIR.glob("*.yaml"))
+
+
+def resolve_job_path(path: str | Path) -> Path:
+    """A job file path, or the name of a bundled job (``breast_pixel``)."""
     p = Path(path)
-    if not p.is_file():
-        raise JobError(f"job file {str(path)!r} not found")
+    if p.is_file():
+        return p
+    if p.parent == Path(".") and re.fullmatch(r"[A-Za-z0-9_.-]+", p.name):
+        for cand in (DEFAULT_JOBS_DIR / p.name, DEFAULT_JOBS_DIR / f"{p.name}.yaml"):
+            if cand.is_file():
+                return cand
+    raise JobError(f"job file {str(path)!r} not found (bundled jobs: {', '.join(bundled_jobs())})")
+
+
+def load_job(path: str | Path, check: bool = True) -> JobSpec:
+    """Load and validate a job file (or a bundled job by name): every field, then (``check``) that
+    its space, paths and strategy resolve."""
+    p = resolve_job_path(path)
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as e:

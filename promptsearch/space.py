@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from .files import bundled
 from .yamlio import YamlError, compose_yaml, format_validation
 
 Scalar = int | float | str | bool
@@ -439,7 +440,7 @@ def load_space(path: str | Path) -> SearchSpace:
     return parse_space(p.read_text(), str(path))
 
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = bundled("search_spaces")  # the bundled spaces: medical, pixel, vpt, ...
 
 
 def resolve_space_path(path: str | Path) -> Path:

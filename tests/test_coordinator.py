@@ -224,6 +224,36 @@ def test_kill_9_of_the_coordinator_then_resume(ws, tmp_path, data_root, mobilene
         assert run.data.tags["status"] == "preempted" and run.info.status == "KILLED"
 
 
+def test_sigterm_stops_a_search_gracefully_then_resume_completes(ws, tmp_path, data_root, mobilenet_weights):
+    """SIGTERM (``timeout``, a container stop, systemd) stops ``promptsearch search`` like Ctrl-C:
+    trials preempted, the job reads interrupted (resumable), not failed with SystemExit;
+    ``promptsearch resume`` then completes it with exactly the requested trials."""
+    spec = _spec_dict(data_root, mobilenet_weights, name="termed", trials=4,
+                      budget={"epochs": 2, "max_train_samples": 96, "latency_repeats": 3, "threads": 1})
+    proc = _start_search(tmp_path, ws, spec, "termed.log")
+    try:
+        job = _wait(lambda: (j := _job_named(ws, "termed")) and j["trials"]["finished"] >= 1
+                    and j["trials"]["running"] >= 1 and j, 300, "a finished trial and one in flight", proc)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        _kill_group(proc)
+    job_id = job["job_id"]
+    s = job_status(ws, job_id)
+    log = (tmp_path / "termed.log").read_text()
+    assert "SystemExit" not in (s["message"] or "") and "Traceback" not in log, log[-2000:]
+    assert s["status"] == "interrupted" and s["interrupted"] and "interrupted" in s["message"], s
+    stopped = [t for t in job_trials(ws, job_id) if t["status"] == "preempted"]
+    assert stopped and all(t["reason"] == "job interrupted" for t in stopped)
+    r = subprocess.run([sys.executable, "-m", "promptsearch.cli", "resume", job_id, "--workspace", str(ws.root), "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    s = job_status(ws, job_id)
+    assert s["status"] == "completed" and s["trials"]["finished"] == 4
+    finished = [t for t in job_trials(ws, job_id) if t["status"] in ("completed", "failed")]
+    assert len(finished) == 4 and len({t["candidate"]["key"] for t in finished}) == 4
+
+
 def test_cancel_stops_a_running_job_cleanly(ws, tmp_path, data_root, mobilenet_weights):
     spec = _spec_dict(data_root, mobilenet_weights, name="cancelled", trials=6,
                       budget={"epochs": 2, "max_train_samples": 96, "latency_repeats": 3, "threads": 1})

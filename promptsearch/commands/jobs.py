@@ -119,7 +119,7 @@ def _run(ws, job_id: str, ray_address: str | None, resume_cancelled: bool, as_js
 
 
 def search(
-    job_file: Path = typer.Argument(..., help="The job file (YAML or JSON)."),
+    job_file: str = typer.Argument(..., help="The job file (YAML or JSON), or a bundled job's name (breast_pixel)."),
     workspace: Optional[Path] = WorkspaceOpt,
     trials: Optional[int] = typer.Option(None, "--trials", help="Override the number of trials."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Override how many trials run at once."),
@@ -131,9 +131,10 @@ def search(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite in the workspace)."),
     set_: list[str] = typer.Option([], "--set", help="Override any field: --set budget.epochs=2 (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="No live view; print the final status and front as JSON."),
+    check: bool = typer.Option(False, "--check", help="Only validate the job (fields, space, paths, strategy) and print it."),
 ) -> None:
     """Run a search job in the foreground: live progress, then its Pareto front."""
-    from ..jobs import JobError, load_job, parse_override, with_overrides
+    from ..jobs import JobError, load_job, parse_override, resolve_job_path, with_overrides
     from ..search.workspace import as_workspace
     from ..service.jobs import submit
 
@@ -143,11 +144,16 @@ def search(
             "trials": trials, "concurrency": concurrency, "strategy": strategy, "seed": seed, "data_root": data_root,
             "backbone.weights": backbone_weights, "ray_address": ray_address, "tracking_uri": tracking_uri}.items()
             if v is not None})
-        spec = load_job(job_file, check=not overrides)  # checked once: here (file:line) or after the overrides
+        path = resolve_job_path(job_file)
+        spec = load_job(path, check=not overrides)  # checked once: here (file:line) or after the overrides
         if overrides:
             spec = with_overrides(spec, overrides, source=f"{job_file} (overrides)")
+        if check:
+            print_json(spec.model_dump(mode="json"))
+            console.print(f"{path}: valid job ({spec.trials} trials of {spec.space!r} with {spec.strategy})")
+            raise typer.Exit(0)
         ws = as_workspace(workspace)
-        job_id = submit(ws, spec, job_file=job_file.read_text(), checked=True)
+        job_id = submit(ws, spec, job_file=path.read_text(), checked=True)
     except JobError as e:
         fail(str(e))
     if not as_json:

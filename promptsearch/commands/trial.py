@@ -1,4 +1,4 @@
-"""``promptsearch trial`` and ``promptsearch space``: run one candidate; inspect a space file.
+"""``promptsearch trial``: train and evaluate one candidate.
 
     promptsearch trial --space pixel --dataset breastmnist --backbone torchvision:mobilenet_v2 \
         --backbone-weights ../shared/weights/mobilenet_v2-b0353104.pth --image-size 64 --seed 0 --json
@@ -15,60 +15,6 @@ from rich.table import Table
 
 from .common import (BackboneOpt, BackboneWeights, DataRoot, ImageSize, PatchSize, Pretrained, console, fail, out,
                      print_json)
-
-space_app = typer.Typer(help="Inspect and validate search space files.", no_args_is_help=True)
-
-
-@space_app.command("show")
-def space_show(space: str = typer.Argument(..., help="A space file, or a name in search_spaces/."),
-               as_json: bool = typer.Option(False, "--json", help="Print the validated space as JSON.")) -> None:
-    """Validate a space and list its decisions, choices and size."""
-    from ..space import SpaceError, load_space
-
-    try:
-        s = load_space(space)
-    except SpaceError as e:
-        fail(str(e))
-    if as_json:
-        print_json({"name": s.name, "hash": s.hash, "size": s.size(), "spec": s.to_dict(),
-                    "genes": [{"name": g.name, "group": g.group, "choices": list(g.choices)} for g in s.genes]})
-        return
-    t = Table(title=f"{s.name} (hash {s.hash}, {s.size():,} architectures)")
-    t.add_column("gene"), t.add_column("group"), t.add_column("choices"), t.add_column("when")
-    for g in s.genes:
-        when = s.spec.decisions[g.name].when if g.name in s.spec.decisions else {}
-        t.add_row(g.name, g.group or "decision", ", ".join(map(str, g.choices)),
-                  ", ".join(f"{k} in {list(v)}" for k, v in when.items()))
-    out.print(t)
-
-
-@space_app.command("validate")
-def space_validate(files: list[Path] = typer.Argument(..., help="Space files to validate.")) -> None:
-    """Validate space files; exit 2 with file:line: field: reason on the first bad one."""
-    from ..space import SpaceError, load_space
-
-    for f in files:
-        try:
-            s = load_space(f)
-        except SpaceError as e:
-            fail(str(e))
-        out.print(f"{f}: ok ({s.name}, {s.size():,} architectures, hash {s.hash})")
-
-
-@space_app.command("sample")
-def space_sample(space: str = typer.Argument(...), n: int = typer.Option(5, "-n"), seed: int = typer.Option(0, "--seed")) -> None:
-    """Print n seeded uniform samples as candidate JSON lines."""
-    import random
-
-    from ..space import SpaceError, load_space
-
-    try:
-        s = load_space(space)
-    except SpaceError as e:
-        fail(str(e))
-    rng = random.Random(seed)
-    for _ in range(n):
-        print(json.dumps(s.sample(rng).to_json()))
 
 
 def trial(
@@ -132,5 +78,4 @@ def trial(
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(space_app, name="space")
     app.command("trial")(trial)

@@ -207,7 +207,7 @@ class SearchLoop:
         elif cancelled:
             st.status, st.message = "cancelled", "cancelled; `promptsearch resume` continues it"
         elif isinstance(error, KeyboardInterrupt) or error is None or self.stop_reason == "interrupted":
-            st.status = "cancelled"
+            st.status = "interrupted"  # a signal (Ctrl-C, SIGTERM): resumable like a crash, not a user's cancel
             st.message = f"interrupted after {self.finished} of {self.spec.trials} trials; `promptsearch resume` continues it"
         else:
             st.status = "failed"

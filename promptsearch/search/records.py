@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 STATE_VERSION = 1
-JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "completed", "failed", "cancelled", "interrupted"]  # interrupted: Ctrl-C/SIGTERM
 TrialStatus = Literal["running", "completed", "failed", "preempted"]
 
 class TrialRecord(BaseModel):

@@ -26,7 +26,8 @@ def job_summary(job: dict[str, Any], state: JobState, alive: bool | None) -> dic
         values = [t["metrics"][o.name] for t in usable]
         if values:
             best[o.name] = max(values) if o.maximise else min(values)
-    interrupted = state.status in ("running", "queued") and alive is False and state.attempts > 0
+    interrupted = state.status == "interrupted" or (
+        state.status in ("running", "queued") and alive is False and state.attempts > 0)
     return {
         "job_id": state.job_id, "name": spec.name, "status": state.status, "message": state.message,
         "interrupted": interrupted,  # the coordinator is gone: `promptsearch resume` continues it
