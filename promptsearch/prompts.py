@@ -3,7 +3,7 @@
     python -c "from promptsearch.prompts import *; from promptsearch.space import load_space; \
 m = build_prompted_model(load_space('medical').sample(1).arch, BackboneSpec('vit_tiny_patch16_224', image_size=28, patch_size=4), 2); print(m.cost())"
 
-Two prompt modules, both made of *components* (one learnable block each) and a *fusion*:
+Prompt modules (``PROMPT_MODULES``), made of *components* (one learnable block each) and a *fusion*:
 
 * ``token``: VPT-style prompt tokens inside a timm ``VisionTransformer``. The model is not
   forked: we call its own ``patch_embed -> _pos_embed -> norm_pre -> blocks -> norm`` and insert
@@ -12,14 +12,23 @@ Two prompt modules, both made of *components* (one learnable block each) and a *
 * ``pixel``: input-level prompts for any backbone (CNNs too): a learnable frame of width w
   around the image (padding prompt) or a learnable overlay on the whole image, added to the
   normalised input.
+* ``none``: no input-side prompt; what trains is inserted into the backbone (below), or the head alone.
+
+*Inserts* (``INSERTS``, filled by :mod:`promptsearch.adapters`) go inside the frozen backbone and
+compose with any prompt module: bottleneck adapters in ViT blocks, LoRA on attention projections,
+residual 1x1-conv adapters after CNN stages. They are forward hooks on the stock modules, attached
+for the length of one forward pass, so the backbone object (and its ``state_dict``) is never
+changed and can be shared by several prompted models.
 
 The backbone is frozen with ``requires_grad_(False)`` and kept in eval mode; what trains is the
-prompt (components + fusion) and a new linear head.
+prompt (components + fusion), the inserts and a new linear head.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -142,9 +151,11 @@ def prompted_layers(depth: str, n_blocks: int) -> int:
 
 
 class TokenPrompt(nn.Module):
-    """Component blocks of prompt tokens for L layers, fused to P tokens per layer."""
+    """Component blocks of prompt tokens for L layers, fused to P tokens per layer, placed in a
+    sequence of ``prefix`` + ``n_patches`` tokens (needed for :meth:`features`)."""
 
-    def __init__(self, arch: Architecture, dim: int, n_blocks: int, patch_pixels: int):
+    def __init__(self, arch: Architecture, dim: int, n_blocks: int, patch_pixels: int, prefix: int = 1,
+                 n_patches: int | None = None):
         super().__init__()
         self.layers = prompted_layers(arch.depth, n_blocks)
         n = max(1, len(arch.component_names))  # a space without components = one plain VPT block
@@ -154,9 +165,56 @@ class TokenPrompt(nn.Module):
         self.fusion = FUSIONS.get_or_raise(fusion)(self.layers, n, arch.tokens, dim)
         self.n_tokens = self.fusion.out_tokens(n, arch.tokens)
         self.dropout = nn.Dropout(arch.dropout)
+        if n_patches is not None:
+            self.place(arch.placement, prefix, n_patches)
+
+    def place(self, placement: str, prefix: int, n_patches: int) -> None:
+        """Where the P prompt tokens sit in a sequence of ``prefix`` + ``n_patches`` tokens."""
+        if placement == "replace" and self.n_tokens > n_patches:
+            raise IncompatibleCandidate(f"replace placement needs {self.n_tokens} prompt tokens "
+                                        f"<= {n_patches} patch tokens")
+        self.start = PLACEMENTS.get_or_raise(placement)(prefix, n_patches)
+        self.replace = placement == "replace"
+        self.prefix, self.n_patches = prefix, n_patches
 
     def forward(self) -> torch.Tensor:
         return self.dropout(self.fusion(self.blocks))  # (L, P, D)
+
+    def layout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequence positions inside the blocks: the P prompt tokens, and patch i's token (-1 for a
+        patch that a ``replace`` prompt overwrote). Prefix tokens stay at 0..prefix-1."""
+        P, s, N = self.n_tokens, self.start, self.n_patches
+        prompts = torch.arange(s, s + P)  # (P,)
+        tokens = torch.arange(self.prefix, self.prefix + N)  # (N,): patch i's position without prompts
+        if self.replace:
+            patches = torch.where((tokens >= s) & (tokens < s + P), -1, tokens)
+        else:
+            patches = torch.where(tokens < s, tokens, tokens + P)
+        return prompts, patches  # (P,), (N,)
+
+    def features(self, vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        prompts = self()  # (L, P, D)
+        P, s = prompts.shape[1], self.start
+        x = vit.patch_embed(x)
+        x = vit._pos_embed(x)  # (B, prefix + N, D)
+        x = vit.patch_drop(x)
+        x = vit.norm_pre(x)
+        for i, block in enumerate(vit.blocks):
+            if i < prompts.shape[0]:
+                p = prompts[i].unsqueeze(0).expand(B, -1, -1)  # (B, P, D)
+                if i == 0 and not self.replace:
+                    x = torch.cat([x[:, :s], p, x[:, s:]], dim=1)  # (B, prefix + P + N, D)
+                else:
+                    x = torch.cat([x[:, :s], p, x[:, s + P:]], dim=1)  # overwrite the prompt slice
+            x = block(x)
+        x = vit.norm(x)
+        if not self.replace:
+            x = torch.cat([x[:, :s], x[:, s + P:]], dim=1)  # (B, prefix + N, D): prompts stripped
+        return vit.forward_head(x, pre_logits=True)  # (B, F)
+
+    def cost(self) -> dict[str, int]:
+        return {"prompt_tokens": self.n_tokens, "prompted_layers": self.layers}
 
 
 class PixelPrompt(nn.Module):
@@ -208,35 +266,75 @@ class PixelPrompt(nn.Module):
         canvas = canvas.index_copy(2, self.region, pattern)
         return x + canvas.view_as(x)  # (B, 3, S, S)
 
+    def features(self, backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return backbone(self(x))  # (B, F)
+
+    def cost(self) -> dict[str, int]:
+        return {"prompt_pixels": self.n_pixels}
+
+
+class NoPrompt(nn.Module):
+    """No input-side prompt: the backbone sees the image as it is (inserts and head still train)."""
+
+    def features(self, backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return backbone(x)  # (B, F)
+
+    def cost(self) -> dict[str, int]:
+        return {}
+
+
+# --- prompt modules: Architecture.module -> the prompt for a backbone ------------------------------
+PROMPT_MODULES: Registry = Registry("prompt module")
+
+
+@PROMPT_MODULES.register("token")
+def _token_module(arch: Architecture, backbone: Backbone) -> TokenPrompt:
+    if not backbone.is_vit:
+        raise IncompatibleCandidate(
+            "token prompts need a timm VisionTransformer backbone; this backbone takes pixel "
+            "prompts only (use a space with module: [pixel], e.g. search_spaces/pixel.yaml)")
+    vit = backbone.model
+    patch = vit.patch_embed.patch_size
+    return TokenPrompt(arch, vit.embed_dim, len(vit.blocks), 3 * patch[0] * patch[1], vit.num_prefix_tokens,
+                       vit.patch_embed.num_patches)
+
+
+PROMPT_MODULES.register("pixel")(lambda arch, backbone: PixelPrompt(arch, backbone.image_size))
+PROMPT_MODULES.register("none")(lambda arch, backbone: NoPrompt())
+
+# --- inserts: learnable modules hooked into the frozen backbone -------------------------------------
+# name -> builder(arch, backbone) -> a module with ``attached(backbone)`` (a context manager), or
+# None when the architecture does not use it. promptsearch.adapters registers "adapter" and "lora".
+INSERTS: Registry = Registry("insert")
+
 
 # --- the prompted model --------------------------------------------------------------------------
 class PromptedModel(nn.Module):
-    """Frozen backbone + learnable prompt + linear head. Input: (B, C, h, w) floats in [0, 1] at
-    any size; it is resized to the working size, grey is repeated to 3 channels, then normalised."""
+    """Frozen backbone + learnable prompt + inserts + linear head. Input: (B, C, h, w) floats in
+    [0, 1] at any size; it is resized to the working size, grey is repeated to 3 channels, then
+    normalised."""
 
     def __init__(self, backbone: Backbone, arch: Architecture, num_outputs: int):
         super().__init__()
         self.arch = arch
         self.backbone = backbone.model.requires_grad_(False).eval()
         self.image_size = backbone.image_size
+        self.is_vit = backbone.is_vit
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
-        if arch.module == "token":
-            if not backbone.is_vit:
-                raise IncompatibleCandidate(
-                    "token prompts need a timm VisionTransformer backbone; this backbone takes pixel "
-                    "prompts only (use a space with module: [pixel], e.g. search_spaces/pixel.yaml)")
-            vit = self.backbone
-            self.n_patches = vit.patch_embed.num_patches
-            patch = vit.patch_embed.patch_size
-            self.prompt = TokenPrompt(arch, vit.embed_dim, len(vit.blocks), 3 * patch[0] * patch[1])
-            self.start = PLACEMENTS.get_or_raise(arch.placement)(vit.num_prefix_tokens, self.n_patches)
-            if arch.placement == "replace" and self.prompt.n_tokens > self.n_patches:
-                raise IncompatibleCandidate(f"replace placement needs {self.prompt.n_tokens} prompt tokens "
-                                            f"<= {self.n_patches} patch tokens")
-        else:
-            self.prompt = PixelPrompt(arch, self.image_size)
+        self.prompt = PROMPT_MODULES.get_or_raise(arch.module)(arch, backbone)
+        inserts = {name: build(arch, backbone) for name, build in INSERTS.items()}
+        self.inserts = nn.ModuleDict({k: v for k, v in inserts.items() if v is not None})
         self.head = nn.Linear(backbone.num_features, num_outputs)
+
+    @property
+    def start(self) -> int:
+        """Where token prompts start in the sequence (after all ``num_prefix_tokens``)."""
+        return self.prompt.start
+
+    @property
+    def n_patches(self) -> int:
+        return self.prompt.n_patches
 
     def train(self, mode: bool = True) -> PromptedModel:
         super().train(mode)
@@ -246,41 +344,27 @@ class PromptedModel(nn.Module):
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         return preprocess(x, self.image_size, self.mean, self.std)  # (B, 3, S, S)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.preprocess(x)
-        if self.arch.module == "pixel":
-            return self.backbone(self.prompt(x))  # (B, F)
-        return self._token_features(x)
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        """The inserts hooked into the backbone (only inside this block, so a shared backbone object
+        stays the stock model for everyone else)."""
+        with contextlib.ExitStack() as stack:
+            for insert in self.inserts.values():
+                stack.enter_context(insert.attached(self.backbone))
+            yield
 
-    def _token_features(self, x: torch.Tensor) -> torch.Tensor:
-        vit = self.backbone
-        B = x.shape[0]
-        prompts = self.prompt()  # (L, P, D)
-        P, s = prompts.shape[1], self.start
-        x = vit.patch_embed(x)
-        x = vit._pos_embed(x)  # (B, prefix + N, D)
-        x = vit.patch_drop(x)
-        x = vit.norm_pre(x)
-        replace = self.arch.placement == "replace"
-        for i, block in enumerate(vit.blocks):
-            if i < prompts.shape[0]:
-                p = prompts[i].unsqueeze(0).expand(B, -1, -1)  # (B, P, D)
-                if i == 0 and not replace:
-                    x = torch.cat([x[:, :s], p, x[:, s:]], dim=1)  # (B, prefix + P + N, D)
-                else:
-                    x = torch.cat([x[:, :s], p, x[:, s + P:]], dim=1)  # overwrite the prompt slice
-            x = block(x)
-        x = vit.norm(x)
-        if not replace:
-            x = torch.cat([x[:, :s], x[:, s + P:]], dim=1)  # (B, prefix + N, D): prompts stripped
-        return vit.forward_head(x, pre_logits=True)  # (B, F)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(x)  # (B, 3, S, S)
+        with self.attached():
+            return self.prompt.features(self.backbone, x)  # (B, F)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))  # (B, num_outputs)
 
     # what trains, exactly
     def prompt_parameters(self) -> list[nn.Parameter]:
-        return list(self.prompt.parameters())
+        """The prompt's and every insert's parameters (all that trains except the head)."""
+        return list(self.prompt.parameters()) + list(self.inserts.parameters())
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -297,20 +381,21 @@ class PromptedModel(nn.Module):
         self.load_state_dict(state, strict=False)
 
     def cost(self) -> dict[str, int]:
-        """Exact trainable counts and the added input cost (tokens per block, or prompted pixels)."""
+        """Exact trainable counts (``prompt_params`` includes the inserts, each also counted as
+        ``<insert>_params``) and the added input cost (tokens per block, or prompted pixels)."""
         prompt = sum(p.numel() for p in self.prompt_parameters())
         head = sum(p.numel() for p in self.head.parameters())
         out = {"prompt_params": prompt, "head_params": head, "trainable_params": prompt + head,
                "backbone_params": sum(p.numel() for p in self.backbone.parameters())}
-        if self.arch.module == "token":
-            out["prompt_tokens"] = self.prompt.n_tokens
-            out["prompted_layers"] = self.prompt.layers
-        else:
-            out["prompt_pixels"] = self.prompt.n_pixels
+        out.update(self.prompt.cost())
+        out.update({f"{name}_params": sum(p.numel() for p in m.parameters()) for name, m in self.inserts.items()})
         return out
 
 
 def build_prompted_model(arch: Architecture, spec: BackboneSpec | Backbone, num_outputs: int) -> PromptedModel:
-    """Architecture + backbone -> a PromptedModel whose only trainable parts are prompt and head."""
+    """Architecture + backbone -> a PromptedModel whose only trainable parts are prompt, inserts and head."""
     backbone = spec if isinstance(spec, Backbone) else build_backbone(spec)
     return PromptedModel(backbone, arch, num_outputs)
+
+
+from . import adapters as _adapters  # noqa: E402,F401 - fills INSERTS (adapters builds on this module)

@@ -22,12 +22,15 @@ import json
 import math
 import random
 import re
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
+from pydantic.fields import FieldInfo
 
 from .files import bundled
 from .yamlio import YamlError, compose_yaml, format_validation
@@ -36,13 +39,44 @@ Scalar = int | float | str | bool
 
 # --- the architecture vocabulary -------------------------------------------------------------
 # Every decision name a space may use, with the type its choices must have. The model builder
-# (promptsearch.prompts) implements exactly these values; tests check its registries match.
-Module = Literal["pixel", "token"]
+# (promptsearch.prompts, promptsearch.adapters) implements exactly these values; tests check its
+# registries match. Every field has a default, and the defaults of the adapter and LoRA fields
+# mean "off", so a space that does not name them decodes and builds exactly as before.
+Module = Literal["pixel", "token", "none"]  # prompts.PROMPT_MODULES; none: adapters/LoRA (or the head) alone
 FusionName = Literal["concat", "attention", "gate"]  # prompts.FUSIONS implements each
 Placement = Literal["prepend", "append", "insert", "replace"]
 Init = Literal["normal", "xavier", "uniform", "zero"]
 PixelPromptKind = Literal["frame", "overlay"]
+AdapterKind = Literal["none", "bottleneck", "conv"]  # adapters.ADAPTER_KINDS implements all but none
+LoraTarget = Literal["q", "k", "v", "proj"]  # adapters.LORA_TARGETS: slices of timm's fused qkv, and proj
 DEPTH_RE = re.compile(r"^(shallow|deep|first_[1-9][0-9]*)$")
+BLOCKS_RE = re.compile(r"^(all|(first|last|every)_[1-9][0-9]*)$")  # adapters.BLOCK_SETS: all, first, last, every
+
+
+def _depth(v: str) -> str:
+    if not DEPTH_RE.match(v):
+        raise ValueError("depth must be 'shallow', 'deep' or 'first_<k>' (k >= 1)")
+    return v
+
+
+def _blocks(v: str) -> str:
+    if not BLOCKS_RE.match(v):
+        raise ValueError("blocks must be 'all', 'first_<k>', 'last_<k>' or 'every_<k>' (k >= 1)")
+    return v
+
+
+def _lora_targets(v: str) -> str:
+    order = typing.get_args(LoraTarget)
+    parts = v.split("+")
+    if not all(p in order for p in parts) or len(set(parts)) != len(parts) or parts != sorted(parts, key=order.index):
+        raise ValueError(f"lora_targets must join distinct names of {', '.join(order)} with '+', in that order "
+                         "(e.g. 'q+v')")
+    return v
+
+
+Depth = Annotated[str, AfterValidator(_depth)]
+Blocks = Annotated[str, AfterValidator(_blocks)]
+LoraTargets = Annotated[str, AfterValidator(_lora_targets)]
 
 
 class Architecture(BaseModel):
@@ -57,30 +91,34 @@ class Architecture(BaseModel):
     pixel_prompt: PixelPromptKind = "frame"
     frame_width: int = Field(8, gt=0, le=64)  # pixels; VPT-style padding prompt width
     fusion: FusionName = "concat"
-    depth: str = "shallow"
+    depth: Depth = "shallow"
     placement: Placement = "prepend"
-    init: Init = "xavier"  # VPT's default initialisation
+    init: Init = "xavier"  # VPT's default initialisation (adapters and LoRA: of the down/A factor)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     lr: float = Field(0.01, gt=0.0, le=10.0)  # prompt + head learning rate
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
-
-    @field_validator("depth")
-    @classmethod
-    def _depth(cls, v: str) -> str:
-        if not DEPTH_RE.match(v):
-            raise ValueError("depth must be 'shallow', 'deep' or 'first_<k>' (k >= 1)")
-        return v
+    # inserts into the frozen backbone (promptsearch.adapters); the defaults are "off"
+    adapter: AdapterKind = "none"  # bottleneck: in ViT blocks; conv: residual 1x1 convs after CNN stages
+    adapter_reduction: int = Field(8, ge=1, le=1024)  # hidden width = width // reduction (AdaptFormer: 768/64)
+    adapter_blocks: Blocks = "all"  # which ViT blocks or CNN stages get an adapter
+    lora_rank: int = Field(0, ge=0, le=512)  # 0 = no LoRA
+    lora_targets: LoraTargets = "q+v"  # the LoRA paper's choice for attention
+    lora_blocks: Blocks = "all"  # which ViT blocks' attention gets LoRA
 
     @property
     def component_names(self) -> list[str]:
         return [c for names in self.components.values() for c in names]
 
 
+def _choice_type(info: FieldInfo) -> TypeAdapter:
+    """A validator for one choice: the field's type with its constraints (bounds, patterns), so a
+    space file with ``lora_targets: [q+q]`` or ``tokens: [0]`` fails at load with its line."""
+    return TypeAdapter(Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation)
+
+
 # decision name -> validator for one choice value (the Architecture field's own type)
 DECISION_TYPES: dict[str, TypeAdapter] = {
-    name: TypeAdapter(Architecture.model_fields[name].annotation)
-    for name in Architecture.model_fields
-    if name != "components"
+    name: _choice_type(info) for name, info in Architecture.model_fields.items() if name != "components"
 }
 
 
