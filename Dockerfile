@@ -17,10 +17,9 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 t
 COPY pyproject.toml README.md ./
 COPY promptsearch ./promptsearch
 COPY workers ./workers
-COPY search_spaces ./search_spaces
 COPY jobs ./jobs
 COPY deploy ./deploy
-# editable: search_spaces/ and jobs/ are found next to the package; psycopg2 for MLflow's postgres store
+# the bundled spaces and default job are package data (promptsearch/); psycopg2 for MLflow's postgres store
 RUN pip install -e . psycopg2-binary
 
 RUN useradd --create-home --uid 1000 promptsearch && mkdir -p /workspace /data /weights /mlartifacts \

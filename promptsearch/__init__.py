@@ -3,7 +3,7 @@
     promptsearch --help
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402,F401
 
 from .space import Candidate, SearchSpace, load_space  # noqa: E402,F401
 

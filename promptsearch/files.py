@@ -45,6 +45,21 @@ def bundled(folder: str) -> Path:
     return Path(str(files("promptsearch") / folder))
 
 
+def find_named(path: str | Path, folder: Path, suffix: str = ".yaml") -> Path | None:
+    """``path`` if it is a file, else a bare name (``medical``, ``pixel.yaml``) looked up in
+    ``folder``; ``None`` when neither exists."""
+    import re
+
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.parent == Path(".") and re.fullmatch(r"[A-Za-z0-9_.-]+", p.name):
+        for cand in (folder / p.name, folder / f"{p.name}{suffix}"):
+            if cand.is_file():
+                return cand
+    return None
+
+
 def file_sha256(path: str | Path) -> str:
     """The sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()

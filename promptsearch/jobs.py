@@ -26,12 +26,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .files import bundled
-from .space import Scalar, SearchSpace, SpaceError, load_space
-from .yamlio import YamlError, compose_yaml, error_line, first_error, format_validation, where
 from .backbone_spec import BackboneSpec
 from .budget import Budget
-
+from .files import bundled, find_named
+from .space import Scalar, SearchSpace, SpaceError, load_space
+from .yamlio import YamlError, compose_yaml, error_line, first_error, format_validation, where
 
 DEFAULT_JOBS_DIR = bundled("default_jobs")  # breast_pixel.yaml: the README's main job
 
@@ -192,14 +191,10 @@ def bundled_jobs() -> list[str]:
 
 def resolve_job_path(path: str | Path) -> Path:
     """A job file path, or the name of a bundled job (``breast_pixel``)."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    if p.parent == Path(".") and re.fullmatch(r"[A-Za-z0-9_.-]+", p.name):
-        for cand in (DEFAULT_JOBS_DIR / p.name, DEFAULT_JOBS_DIR / f"{p.name}.yaml"):
-            if cand.is_file():
-                return cand
-    raise JobError(f"job file {str(path)!r} not found (bundled jobs: {', '.join(bundled_jobs())})")
+    found = find_named(path, DEFAULT_JOBS_DIR)
+    if found is None:
+        raise JobError(f"job file {str(path)!r} not found (bundled jobs: {', '.join(bundled_jobs())})")
+    return found
 
 
 def load_job(path: str | Path, check: bool = True) -> JobSpec:

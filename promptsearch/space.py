@@ -32,8 +32,8 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter,
                       model_validator)
 from pydantic.fields import FieldInfo
 
-from .files import bundled
-from .yamlio import YamlError, compose_yaml, format_validation
+from .files import bundled, find_named
+from .yamlio import YamlError, parse_document
 
 Scalar = int | float | str | bool
 
@@ -459,16 +459,7 @@ class Candidate:
 
 
 def parse_space(text: str, source: str = "<string>") -> SearchSpace:
-    try:
-        data, lines = compose_yaml(text, source)
-    except YamlError as e:
-        raise SpaceError(str(e)) from None
-    if not isinstance(data, Mapping):
-        raise SpaceError(f"{source}:1: a space file is a mapping with 'name' and 'decisions'")
-    try:
-        spec = SpaceFile.model_validate(data)
-    except ValidationError as e:
-        raise SpaceError(format_validation(e, source, lines)) from None
+    spec, _ = parse_document(text, source, SpaceFile, SpaceError, "a space file is a mapping with 'name' and 'decisions'")
     return SearchSpace(spec, source)
 
 
@@ -482,14 +473,11 @@ SPACES_DIR = bundled("search_spaces")  # the bundled spaces: medical, pixel, vpt
 
 
 def resolve_space_path(path: str | Path) -> Path:
-    p = Path(path)
-    if p.exists():
-        return p
-    if p.parent == Path(".") and re.fullmatch(r"[A-Za-z0-9_.-]+", p.name):
-        for cand in (SPACES_DIR / p.name, SPACES_DIR / f"{p.name}.yaml"):
-            if cand.exists():
-                return cand
-    raise SpaceError(f"space file {str(path)!r} not found (looked in the current directory and {SPACES_DIR})")
+    """A space file, or the name of a bundled space."""
+    found = find_named(path, SPACES_DIR)
+    if found is None:
+        raise SpaceError(f"space file {str(path)!r} not found (looked in the current directory and {SPACES_DIR})")
+    return found
 
 
 def list_spaces() -> list[str]:

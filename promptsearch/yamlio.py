@@ -6,10 +6,12 @@ that space files, job files, catalogues and request bodies share.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class YamlError(ValueError):
@@ -45,6 +47,21 @@ def compose_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
     if root is None:
         raise YamlError(f"{source}: the file is empty")
     return walk(root, ()), lines
+
+
+def parse_document(text: str, source: str, model: type[M], error: type[Exception], what: str) -> tuple[M, dict[tuple, int]]:
+    """YAML text -> a validated pydantic ``model`` and its line map; every problem raises ``error``
+    naming ``source:line: field``. ``what`` says what the top level must be (for a non-mapping)."""
+    try:
+        data, lines = compose_yaml(text, source)
+    except YamlError as e:
+        raise error(str(e)) from None
+    if not isinstance(data, dict):
+        raise error(f"{source}:1: {what}")
+    try:
+        return model.model_validate(data), lines
+    except ValidationError as e:
+        raise error(format_validation(e, source, lines)) from None
 
 
 def error_line(loc: tuple, lines: dict[tuple, int]) -> int | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from promptsearch.service.jobs import Workspace, job_status, job_trials, list_jobs, run_job
+from promptsearch.service.jobs import Workspace, job_trials, list_jobs, run_job
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "old_workspace"
 OLD_ROOT = "/tmp/psold"  # where the fixture was written (inside its MLflow store)
@@ -37,7 +37,7 @@ def test_old_workspace_lists_and_reads(tmp_path, data_root, mobilenet_weights):
     ws = _old_workspace(tmp_path, data_root, mobilenet_weights)
     (job,) = list_jobs(ws)
     assert job["status"] == "cancelled" and job["trials"]["completed"] == 1 and job["trials"]["preempted"] == 1
-    assert job["space"] == "pixel" and job["hypervolume"] > 0
+    assert job["space"] == "pixel" and job["best"]["auc"] == job_trials(ws, job["job_id"])[0]["metrics"]["auc"]
 
 
 @pytest.mark.slow

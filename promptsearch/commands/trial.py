@@ -62,10 +62,10 @@ def trial(
         f"epoch {e}: loss {m['train_loss']:.4f}  val auc {m['val_auc']:.4f}  acc {m['val_accuracy']:.4f}"))
     result = run_trial(cand, data, spec, budget, seed=seed, on_epoch=cb, weights_out=weights_out)
     if as_json:
-        out = {**result.metrics, "status": result.status, "reason": result.reason,
-               "test": result.test_metrics, "candidate": result.candidate, "epochs": result.epochs,
-               "steps": result.steps, "wall_time_s": result.wall_time_s, "seed": result.seed}
-        print_json(out)
+        record = {**result.metrics, "status": result.status, "reason": result.reason,
+                  "test": result.test_metrics, "candidate": result.candidate, "epochs": result.epochs,
+                  "steps": result.steps, "wall_time_s": result.wall_time_s, "seed": result.seed}
+        print_json(record)
     else:
         t = Table(title=f"trial {result.status}" + (f": {result.reason}" if result.reason else ""))
         t.add_column("metric"), t.add_column("validation", justify="right"), t.add_column("test", justify="right")

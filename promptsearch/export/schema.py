@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import __version__
+from ..version import __version__
 from ..backbones import BackboneSpec
 from ..files import file_sha256
 from ..space import SearchSpace, SpaceFile

@@ -48,7 +48,7 @@ def write_backbone(student: nn.Module, backbone: Backbone, config: PretrainConfi
     import timm
     from safetensors.torch import save_file
 
-    from .. import __version__
+    from ..version import __version__
 
     state = {k: v.detach().contiguous().clone() for k, v in student.state_dict().items()}  # (owned copies)
     weights, sidecar = out_dir / WEIGHTS, out_dir / SIDECAR

@@ -26,7 +26,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
 from . import jobs
-from .requests import JobRequest, job_spec, meta, valid_id
+from .requests import JobRequest, job_spec, valid_id
+from .requests import meta as meta_view
 from .runner import JobRunner
 from .settings import Settings
 from .views import JobSummary, Pareto, TrialPage, existing, job_objectives, pareto_view, spec_json, status_of, summary_view, trial_views
@@ -84,7 +85,7 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
     @app.get("/meta", tags=["service"], dependencies=guarded)
     def meta() -> dict[str, Any]:
         """What the submit form offers: spaces, strategies, datasets, objectives and the job defaults."""
-        return meta(settings)
+        return meta_view(settings)
 
     @app.post("/jobs", status_code=201, tags=["jobs"], dependencies=guarded)
     def submit_job(req: JobRequest) -> dict[str, Any]:
