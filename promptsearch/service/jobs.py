@@ -22,6 +22,7 @@ from typing import Any
 
 from ..files import atomic_write
 from ..jobs import JobError, JobSpec, check_job, job_space, resolve_paths
+from ..preflight import preflight
 from ..search.loop import Progress, SearchLoop
 from ..search.records import JobState
 from ..search.summary import job_summary
@@ -44,6 +45,7 @@ def submit(workspace: Workspace | str | Path | None, spec: JobSpec, job_file: st
     ws = as_workspace(workspace)
     spec = resolve_paths(spec, base_dir)
     space = job_space(spec) if checked else check_job(spec)
+    preflight(spec)  # the dataset and weights open before anything is written (PreflightError names the file)
     job_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     d = ws.job_dir(job_id)
     (d / "weights").mkdir(parents=True)

@@ -1,0 +1,171 @@
+"""Preflight: a job's dataset and backbone weights checked once, before Ray, MLflow or any trial
+starts, so that a bad file fails the submission naming it instead of failing trial after trial.
+
+    PROMPTSEARCH_DATA_ROOT=../shared/data/medmnist python -c "from promptsearch.jobs import JobSpec; from promptsearch.preflight import preflight; print(preflight(JobSpec(dataset='breastmnist')))"
+
+:func:`preflight` is called by :func:`promptsearch.service.jobs.submit` (the CLI and the REST API
+share it). It loads the dataset exactly as a trial does (once: MedMNIST arrays are small; an
+image folder decodes into the pixel cache the trials then read), requires at least two classes in
+every split, builds the backbone once on the CPU with strict weight loading (never from a hub),
+and runs one image through it at the working size. It raises :class:`PreflightError` (a
+:class:`~promptsearch.jobs.JobError`) whose message starts with the job field and names the file.
+
+Warnings (a randomly initialised backbone) go to the innermost :func:`collect_warnings` block of
+the calling thread, or else to Python's ``warnings`` as :class:`PreflightWarning`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import warnings
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .jobs import JobError, JobSpec
+
+log = logging.getLogger("promptsearch.preflight")
+
+RANDOM_BACKBONE = "random-initialised backbone: results measure the prompt alone"
+MEDMNIST_KEYS = tuple(f"{split}_{part}" for split in ("train", "val", "test") for part in ("images", "labels"))
+
+
+class PreflightError(JobError):
+    """A job whose files cannot run: the message names the job field and the file."""
+
+
+class PreflightWarning(UserWarning):
+    """A job that runs but probably not as meant (a randomly initialised backbone)."""
+
+
+_sink: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("promptsearch_preflight_warnings", default=None)
+
+
+@contextlib.contextmanager
+def collect_warnings() -> Iterator[list[str]]:
+    """Collect the preflight warnings raised inside the block (in this thread/context) into a list."""
+    found: list[str] = []
+    token = _sink.set(found)
+    try:
+        yield found
+    finally:
+        _sink.reset(token)
+
+
+def _warn(message: str) -> None:
+    log.warning("%s", message)
+    sink = _sink.get()
+    if sink is not None:
+        sink.append(message)
+    else:
+        warnings.warn(message, PreflightWarning, stacklevel=3)
+
+
+def preflight(spec: JobSpec) -> list[str]:
+    """Check the job's dataset and backbone (see the module docstring); returns the warnings.
+    ``spec``'s paths must be resolved (:func:`~promptsearch.jobs.resolve_paths`)."""
+    check_dataset(spec)
+    check_backbone(spec)
+    notes = []
+    if not spec.backbone.weights and not spec.backbone.pretrained:
+        notes.append(f"{RANDOM_BACKBONE} ({spec.backbone.name} has no backbone.weights and pretrained is false; "
+                     "point backbone.weights at a local file for a meaningful search)")
+    for note in notes:
+        _warn(note)
+    return notes
+
+
+# --- the dataset ---------------------------------------------------------------------------------------
+def _medmnist_file(spec: JobSpec) -> Path | None:
+    """The .npz a MedMNIST dataset name reads (``None`` for folders and catalogue names)."""
+    from .data import default_root, medmnist_meta
+
+    if ":" in spec.dataset or Path(spec.dataset).expanduser().is_dir():
+        return None
+    meta = medmnist_meta(spec.dataset)
+    root = default_root(spec.data_root)
+    if meta is None or root is None:
+        return None
+    return root / f"{meta['name']}.npz"
+
+
+def check_npz(path: Path) -> None:
+    """A MedMNIST archive: a zip (``.npz``) holding every split's images and labels."""
+    if not path.is_file():
+        return  # load_dataset says where it looked and how to point elsewhere
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = {n.removesuffix(".npy") for n in z.namelist()}
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise PreflightError(f"dataset: {path}: corrupt or not an npz file ({type(e).__name__}: {e})") from None
+    missing = [k for k in MEDMNIST_KEYS if k not in names]
+    if missing:
+        raise PreflightError(f"dataset: {path}: not a MedMNIST archive: missing {', '.join(missing)} "
+                             f"(it holds {', '.join(sorted(names)) or 'nothing'})")
+
+
+def check_dataset(spec: JobSpec) -> Any:
+    """Load the dataset as a trial does; every split non-empty with at least two classes."""
+    from .data import DataError, load_dataset
+
+    npz = _medmnist_file(spec)
+    if npz is not None:
+        check_npz(npz)
+    where = str(npz) if npz is not None and npz.is_file() else spec.dataset
+    try:
+        data = load_dataset(spec.dataset, root=spec.data_root)  # never downloads (download=False)
+    except DataError as e:
+        raise PreflightError(f"dataset: {e}") from None
+    except Exception as e:  # noqa: BLE001 - numpy/zip/PIL raise many kinds for a bad file
+        raise PreflightError(f"dataset: {where}: unreadable ({type(e).__name__}: {_first_line(e)})") from None
+    source = data.source or where
+    for split in ("train", "val", "test"):
+        part = getattr(data, split)
+        if len(part) == 0:
+            raise PreflightError(f"dataset: {source}: the {split} split is empty")
+        if part.labels.ndim == 1:
+            present = sorted(int(c) for c in part.labels.unique())
+            if len(present) < 2:
+                names = [data.classes[c] if 0 <= c < len(data.classes) else str(c) for c in present]
+                raise PreflightError(f"dataset: {source}: the {split} split has {len(present)} class "
+                                     f"({', '.join(names)}); every split needs at least 2 (AUC and worst-class "
+                                     "recall are undefined with one)")
+        elif part.labels.shape[1] < 2:
+            raise PreflightError(f"dataset: {source}: {part.labels.shape[1]} label column(s); at least 2 needed")
+    return data
+
+
+# --- the backbone --------------------------------------------------------------------------------------
+def check_backbone(spec: JobSpec) -> None:
+    """Build the backbone once on the CPU (strict weight keys; hub weights never fetched) and run
+    one image through it at its working size."""
+    import torch
+
+    from .backbones import WeightsError, build_backbone
+    from .threads import torch_threads
+
+    b = spec.backbone.model_copy(update={"pretrained": False})  # offline: architecture + local weights only
+    try:
+        with torch_threads(1):
+            backbone = build_backbone(b)
+            backbone.model.eval()
+            with torch.no_grad():
+                out = backbone.model(torch.zeros(1, 3, backbone.image_size, backbone.image_size))  # (1, features)
+    except WeightsError as e:
+        raise PreflightError(f"backbone.weights: {e}") from None
+    except FileNotFoundError as e:
+        raise PreflightError(f"backbone.weights: {e}") from None
+    except Exception as e:  # noqa: BLE001 - timm/torchvision: unknown names, bad sizes, bad kwargs
+        raise PreflightError(f"backbone: {b.name} (image_size {b.image_size}, patch_size {b.patch_size}): "
+                             f"cannot be built or run ({type(e).__name__}: {_first_line(e)})") from None
+    if out.ndim != 2 or out.shape[1] != backbone.num_features:
+        raise PreflightError(f"backbone: {b.name}: returns {tuple(out.shape)}, expected (1, {backbone.num_features}) "
+                             "pooled features")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else "?"
