@@ -179,16 +179,19 @@ CNN_STAGES.register("layers")(
     lambda m: [f"layer{i}" for i in range(1, 5)] if all(hasattr(m, f"layer{i}") for i in range(1, 5)) else None)  # ResNets
 
 
-def cnn_stages(backbone: Backbone) -> list[str]:
-    """Paths of the backbone's stages (feature maps out), in order."""
-    if backbone.is_vit:
-        raise IncompatibleCandidate("conv adapters go after CNN stages; on a ViT use adapter: bottleneck or LoRA")
+def find_stages(model: nn.Module) -> list[str]:
+    """Paths of a CNN's stages (feature maps out), in order (also Grad-CAM's target, the last)."""
     for find in CNN_STAGES.values():
-        paths = find(backbone.model)
+        paths = find(model)
         if paths:
             return paths
-    raise IncompatibleCandidate(f"no stage list found in {type(backbone.model).__name__} "
-                                f"(looked for {', '.join(CNN_STAGES)})")
+    raise IncompatibleCandidate(f"no stage list found in {type(model).__name__} (looked for {', '.join(CNN_STAGES)})")
+
+
+def cnn_stages(backbone: Backbone) -> list[str]:
+    if backbone.is_vit:
+        raise IncompatibleCandidate("conv adapters go after CNN stages; on a ViT use adapter: bottleneck or LoRA")
+    return find_stages(backbone.model)
 
 
 @dataclass(frozen=True)

@@ -198,3 +198,25 @@ def test_trainable_state_round_trip(cnn):
     assert torch.equal(a(x), b(x))
     with pytest.raises(ValueError, match="do not match"):
         b.load_trainable_state_dict({k: v for k, v in list(state.items())[1:]})
+
+
+def test_candidates_without_inserts_keep_their_weight_names(vit, cnn):
+    """Bundles exported before adapters existed still load: no inserts, only prompt.* and head.*."""
+    for arch, backbone in ((Architecture(module="token", components=COMPONENTS, fusion="gate"), vit),
+                           (Architecture(module="pixel", fusion="attention", components=COMPONENTS), cnn)):
+        model = build_prompted_model(arch, backbone, 2)
+        assert len(model.inserts) == 0
+        assert all(k.split(".")[0] in ("prompt", "head") for k in model.trainable_state_dict())
+        assert not {"adapter_params", "lora_params"} & set(model.cost())
+
+
+@pytest.mark.parametrize("backbone", ["vit", "cnn"])
+def test_module_none_trains_the_head_alone(request, backbone):
+    bb = request.getfixturevalue(backbone)
+    model = build_prompted_model(Architecture(module="none"), bb, 3)
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model.features(x), bb.model(model.preprocess(x)))  # the stock backbone, untouched
+    cost = model.cost()
+    assert cost["prompt_params"] == 0 and cost["trainable_params"] == cost["head_params"] == bb.num_features * 3 + 3
+    assert set(model.trainable_state_dict()) == {"head.weight", "head.bias"}

@@ -174,3 +174,47 @@ def test_space_hash_is_stable_and_content_based():
     assert a.hash == b.hash and a == b
     assert a.hash != load_space("pixel").hash
     assert isinstance(a, SearchSpace)
+
+
+# --- the adapter / LoRA vocabulary ------------------------------------------------------------------
+# hashes of the shipped spaces before the adapter and LoRA decisions were added: new vocabulary
+# must not change them (a workspace's trials are keyed by the space hash)
+HASHES_BEFORE_ADAPTERS = {"medical": "737d86f37fc02354", "pixel": "56af391d73e0a495", "vpt": "3b3f25a17930a237"}
+
+
+@pytest.mark.parametrize("name", sorted(HASHES_BEFORE_ADAPTERS))
+def test_new_decisions_default_to_off_and_keep_old_spaces_as_they_were(name):
+    s = load_space(name)
+    assert s.hash == HASHES_BEFORE_ADAPTERS[name]
+    new = {"adapter", "adapter_reduction", "adapter_blocks", "lora_rank", "lora_targets", "lora_blocks"}
+    rng = random.Random(0)
+    for _ in range(50):
+        c = s.sample(rng)
+        assert not new & set(c.architecture)  # the decoded dict is what it was
+        assert c.arch.adapter == "none" and c.arch.lora_rank == 0 and c.arch.module in ("token", "pixel")
+
+
+def test_peft_space_size_equals_enumeration_and_covers_the_family():
+    s = load_space("peft")
+    all_ = list(s.enumerate())
+    assert s.size() == len(all_) == len({c.key for c in all_})
+    kinds = {(a.module, a.adapter, a.lora_rank > 0) for a in (c.arch for c in all_)}
+    assert {("token", "none", False), ("token", "none", True), ("none", "bottleneck", False), ("none", "none", True),
+            ("pixel", "none", False), ("none", "conv", False)} <= kinds
+    cnn = s.fix(module="none", adapter="conv", lora_rank=0)
+    assert {c.arch.adapter for c in cnn.enumerate()} == {"conv"}
+
+
+@pytest.mark.parametrize("decision, choices, reason", [
+    ("lora_targets", "[v+q]", "in that order"), ("lora_targets", "[q+q]", "distinct"),
+    ("lora_targets", "[qkv]", "lora_targets must join"), ("adapter_blocks", "[last_0]", "blocks must be"),
+    ("lora_blocks", "[some]", "blocks must be"), ("lora_rank", "[-1]", "greater than or equal to 0"),
+    ("adapter", "[lora]", "'lora' is not valid"), ("adapter_reduction", "[0]", "greater than or equal to 1"),
+    ("depth", "[deepest]", "depth must be"),
+])
+def test_new_decisions_are_checked_at_load_with_their_line(decision, choices, reason):
+    text = f"name: x\ndecisions:\n  module:\n    choices: [none]\n  {decision}:\n    choices: {choices}\n"
+    with pytest.raises(SpaceError) as e:
+        parse_space(text, "bad.yaml")
+    msg = str(e.value)
+    assert "bad.yaml:6" in msg and f"decisions.{decision}.choices" in msg and reason in msg, msg

@@ -1,0 +1,174 @@
+"""Explanations: maps at the image's size, finite, summing to 1, following the image; the attention
+recomputed from q/k equals what timm's fused kernel computes.
+
+    PROMPTSEARCH_DATA_ROOT=../shared/data/medmnist python -m pytest tests/test_explain.py -q
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from promptsearch.backbones import BackboneSpec, build_backbone
+from promptsearch.explain import (attention_maps, explain_images, explicit_attention, gradcam_maps,
+                                  pixel_prompt_image, record_attention, token_layout)
+from promptsearch.prompts import PLACEMENTS, build_prompted_model
+from promptsearch.space import Architecture
+
+VIT = BackboneSpec("vit_tiny_patch16_224", image_size=28, patch_size=4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return build_backbone(VIT)
+
+
+@pytest.fixture(scope="module")
+def mobilenet(mobilenet_weights):
+    return build_backbone(BackboneSpec("torchvision:mobilenet_v2", image_size=32, weights=str(mobilenet_weights)))
+
+
+@pytest.fixture(scope="module")
+def images(breast):
+    return breast.test.images[:2].float() / 255.0  # (2, 1, 28, 28): a real benign and malignant-or-not pair
+
+
+def _token_lora(vit, placement="prepend"):
+    torch.manual_seed(0)
+    model = build_prompted_model(Architecture(module="token", tokens=4, depth="deep", placement=placement,
+                                              lora_rank=4, init="normal"), vit, 2).eval()
+    with torch.no_grad():
+        for p in model.inserts.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(std=0.05)  # LoRA B starts at zero: make LoRA matter
+    return model
+
+
+def _check_maps(maps: torch.Tensor, size):
+    assert maps.shape[-2:] == size
+    assert torch.isfinite(maps).all() and (maps >= 0).all()
+    assert torch.allclose(maps.sum(dim=(-2, -1)), torch.ones(maps.shape[0]), atol=1e-5)
+
+
+def test_explicit_attention_equals_timms_fused_attention(vit, images):
+    model = _token_lora(vit)
+    assert all(b.attn.fused_attn for b in model.backbone.blocks)  # timm really runs the fused kernel
+    seen = {}
+
+    def check(i):
+        def hook(module, args, output):  # inside the forward: LoRA is attached to qkv
+            seen[i] = (output, *explicit_attention(module, args[0]))
+        return hook
+
+    handles = [b.attn.register_forward_hook(check(i)) for i, b in enumerate(model.backbone.blocks)]
+    with torch.no_grad():
+        plain = model(images)
+    for h in handles:
+        h.remove()
+    for i, (fused, probs, out) in seen.items():
+        assert torch.allclose(out, fused, atol=1e-5), i
+        assert torch.allclose(probs.sum(-1), torch.ones_like(probs[..., 0]), atol=1e-5)
+    # timm's own unfused path forms the same probabilities (it passes them through attn_drop)
+    attn = model.backbone.blocks[5].attn
+    attn.fused_attn = False
+    unfused = {}
+    h = attn.attn_drop.register_forward_hook(lambda m, a, out: unfused.update(p=out))
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        h.remove()
+        attn.fused_attn = True
+    assert torch.allclose(unfused["p"], seen[5][1], atol=1e-6)
+    # recording attention leaves the model's output exactly as it is
+    with record_attention(model, layers=(0, 5, -1)) as rec, torch.no_grad():
+        again = model(images)
+    assert torch.equal(again, plain) and sorted(rec) == [0, 5, 11]
+    assert rec[11].shape == (2, 1 + 4 + 49, 1 + 4 + 49)
+
+
+@pytest.mark.parametrize("placement", sorted(PLACEMENTS))
+def test_attention_maps_follow_the_image_for_every_placement(vit, images, placement):
+    model = _token_lora(vit, placement)
+    cls, prompts, patches = token_layout(model)
+    assert prompts.numel() == 4 and (patches >= 0).sum() == (45 if placement == "replace" else 49)
+    assert len(set(prompts.tolist()) | set(patches[patches >= 0].tolist()) | set(cls.tolist())) == \
+        1 + 4 + int((patches >= 0).sum())  # prompt, patch and CLS positions never collide
+    big = torch.nn.functional.interpolate(images, size=(40, 40), mode="bilinear")  # maps follow the image's size
+    for x in (images, big):
+        maps = attention_maps(model, x, layers=(0, -1))
+        assert set(maps) == {f"attention_{w}_block{i}" for w in ("cls", "prompts") for i in (0, 11)}
+        for m in maps.values():
+            _check_maps(m, x.shape[-2:])
+            assert not torch.allclose(m[0], m[1])  # two images, two maps
+
+
+def test_gradcam_on_a_vit_drops_prompt_tokens(vit, images):
+    pytest.importorskip("pytorch_grad_cam", reason="pip install grad-cam")
+    model = _token_lora(vit, "insert")
+    maps = gradcam_maps(model, images)
+    _check_maps(maps, (28, 28))
+    assert not torch.allclose(maps[0], maps[1])
+    assert all(p.grad is None for p in model.parameters())  # no gradients left behind
+    other = gradcam_maps(model, images, targets=[1, 1])
+    _check_maps(other, (28, 28))
+
+
+@pytest.mark.parametrize("arch", [Architecture(module="pixel", pixel_prompt="frame", frame_width=4, init="uniform"),
+                                  Architecture(module="none", adapter="conv", adapter_blocks="last_2", init="normal"),
+                                  Architecture(module="none")])  # the head alone: the input still gets gradients
+def test_gradcam_on_a_cnn(mobilenet, images, arch):
+    pytest.importorskip("pytorch_grad_cam", reason="pip install grad-cam")
+    torch.manual_seed(0)
+    model = build_prompted_model(arch, mobilenet, 2).eval()
+    with torch.no_grad():
+        for p in model.inserts.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    maps = gradcam_maps(model, images)
+    _check_maps(maps, (28, 28))
+    assert not torch.allclose(maps[0], maps[1])
+    assert maps.std() > 0  # not the uniform fallback
+
+
+def test_pixel_prompt_as_an_image(mobilenet):
+    model = build_prompted_model(Architecture(module="pixel", pixel_prompt="frame", frame_width=3, init="uniform"),
+                                 mobilenet, 2)
+    img = pixel_prompt_image(model)
+    assert img.shape == (3, 32, 32) and img.min() >= 0 and img.max() <= 1
+    assert torch.all(img[:, 3:-3, 3:-3] == 0.5)  # untouched inside the frame
+    assert (img - 0.5).abs().amax() == 0.5  # scaled to its largest change
+
+
+def test_explain_images_writes_overlays(tmp_path, vit, mobilenet, images):
+    pytest.importorskip("pytorch_grad_cam", reason="pip install grad-cam")
+    png = tmp_path / "case.png"
+    Image.fromarray((images[0, 0].numpy() * 255).astype(np.uint8)).save(png)
+    model = _token_lora(vit)
+    records = explain_images(model, [png, images[1]], tmp_path / "vit", layers=(0, -1))
+    assert [r["image"] for r in records] == ["case", "image1"]
+    assert set(records[0]["maps"]) == {"attention_cls_block0", "attention_cls_block11", "attention_prompts_block0",
+                                       "attention_prompts_block11", "gradcam"}
+    json.dumps(records)
+    for r in records:
+        assert r["size"] == [28, 28] and abs(sum(r["probabilities"]) - 1) < 1e-4
+        for f in r["maps"].values():
+            with Image.open(tmp_path / "vit" / f) as im:
+                assert im.size == (224, 224) and im.mode == "RGB"
+    model = build_prompted_model(Architecture(module="pixel", frame_width=2), mobilenet, 2)
+    model.bundle = type("Bundle", (), {"classes": ["malignant", "normal, benign"], "task": "binary-class"})()
+    records = explain_images(model, [images[0, 0].numpy()], tmp_path / "cnn")
+    assert set(records[0]["maps"]) == {"gradcam"} and records[0]["label"] in model.bundle.classes
+    assert records[0]["pixel_prompt"] == "pixel_prompt.png" and (tmp_path / "cnn" / "pixel_prompt.png").is_file()
