@@ -14,11 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from .files import file_sha256
 
 SIDECAR_FORMAT = "promptsearch-backbone"
+DEFAULT_NAME = "vit_tiny_patch16_224"
+DEFAULT_GEOMETRY = {"image_size": 28, "patch_size": 4}  # the default ViT's, unless asked otherwise (MedMNIST's 28 px)
 
 
 class SidecarError(ValueError):
@@ -31,14 +33,14 @@ class BackboneSpec(BaseModel):
     ``name``: a timm model name, or ``torchvision:<name>`` for torchvision's classification models.
     ``weights``: a local file (offline first); ``pretrained=True`` lets timm/torchvision fetch hub
     weights; neither = random init. ``image_size=None`` follows the backbone's default (or the
-    weights' sidecar). ``BackboneSpec("resnet18", image_size=32)``: the name may come first.
+    weights' sidecar); the default ViT with no sizes, weights or hub given works at 28 px, patch 4. ``BackboneSpec("resnet18", image_size=32)``: the name may come first.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = "vit_tiny_patch16_224"  # timm name, or torchvision:<name>
-    image_size: int | None = Field(None, ge=8, le=2048)  # None: the backbone's own size
-    patch_size: int | None = Field(None, ge=1, le=64)  # ViTs only (e.g. 4 for 28-px input)
+    name: str = DEFAULT_NAME  # timm name, or torchvision:<name>
+    image_size: StrictInt | None = Field(None, ge=8, le=2048)  # None: the backbone's own size
+    patch_size: StrictInt | None = Field(None, ge=1, le=64)  # ViTs only (e.g. 4 for 28-px input)
     weights: str | None = None  # a local weights file (offline first)
     pretrained: bool = False  # fetch hub weights (needs network)
     kwargs: dict[str, Any] = Field(default_factory=dict)  # extra model-constructor arguments
@@ -47,6 +49,19 @@ class BackboneSpec(BaseModel):
         if name is not None:
             data["name"] = name
         super().__init__(**data)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_resolution(cls, data: Any) -> Any:
+        """The default ViT with nothing else said (no sizes, no weights, no hub) works at MedMNIST's
+        own 28 px with 4-px patches (7x7 tokens), not at 224 px: a random-initialised ViT-tiny at
+        224 px costs 64x the compute per image and learns no more from 28-px data. Only fields that
+        are absent count as unsaid: a stored spec with an explicit ``image_size: null`` keeps its meaning."""
+        if isinstance(data, dict) and data.get("name", DEFAULT_NAME) == DEFAULT_NAME \
+                and not ({"image_size", "patch_size"} & set(data)) and not data.get("weights") \
+                and not data.get("pretrained"):
+            data = {**data, **DEFAULT_GEOMETRY}
+        return data
 
     def __hash__(self) -> int:
         return hash(json.dumps(self.to_json(), sort_keys=True))

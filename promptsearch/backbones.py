@@ -58,7 +58,8 @@ def preprocess(x: torch.Tensor, size: int, mean: Sequence[float] | torch.Tensor,
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a .safetensors or torch file (``weights_only``: no code is run)."""
+    """A state dict from a .safetensors or torch file (``weights_only``: no code is run).
+    A file that is not one raises :class:`WeightsError` naming the file and what it is instead."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"backbone weights {path} not found")
@@ -69,12 +70,7 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch/safetensors raise many kinds for a bad file
-        text = str(e)
-        if "Unpickler" in text or "weights_only" in text or "GLOBAL" in text:
-            why = "it holds pickled code or objects, not plain tensors (refused: loading it could run code)"
-        else:
-            why = f"not a weights file torch or safetensors can read ({type(e).__name__}: {text.splitlines()[0][:200] if text else '?'})"
-        raise WeightsError(f"backbone weights {path}: {why}") from None
+        raise WeightsError(f"backbone weights {path}: {_why_unreadable(path, e)}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -83,16 +79,62 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+_PICKLE_CODE_OPS = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """What a file that torch/safetensors refused is, from its bytes (read, never unpickled)."""
+    import pickletools
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    refused = "refused: loading it could run code"
+    if not head:
+        return "the file is empty"
+    if "GLOBAL" in str(error) or "Unsupported global" in str(error):  # torch's weights_only unpickler refused it
+        return f"it holds pickled code or objects, not plain tensors ({refused})"
+    if zipfile.is_zipfile(path):  # torch's own format: a zip holding data.pkl
+        return f"a zip torch cannot read as weights (corrupt, truncated or not a torch checkpoint: {_first_line(error)})"
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:  # a pickle stream (torch's legacy format is one too)
+        try:
+            with open(path, "rb") as f:
+                ops = {op.name for op, _, _ in pickletools.genops(f)}
+        except Exception:  # noqa: BLE001 - a truncated or corrupt stream
+            ops = set()
+        if ops & _PICKLE_CODE_OPS:
+            return f"a pickle payload that builds objects or calls code, not plain tensors ({refused})"
+        return "a pickle stream torch cannot read as a checkpoint (corrupt or truncated)"
+    try:
+        head.decode("utf-8")
+        if all(c.isprintable() or c.isspace() for c in head.decode("utf-8")):
+            return "a text file, not weights (expected a .pth/.pt torch checkpoint or a .safetensors file)"
+    except UnicodeDecodeError:
+        pass
+    if path.suffix == ".safetensors":
+        return f"not a safetensors file ({_first_line(error)})"
+    return "not a weights file torch or safetensors can read (corrupt, truncated or another format)"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], skip_prefixes: tuple[str, ...], source: str) -> None:
     own = model.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith(skip_prefixes)}
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:
-        raise WeightsError(f"{source}: shapes differ for {bad[:5]} (wrong architecture or image/patch size?)")
+        raise WeightsError(f"backbone weights {source}: shapes differ for {bad[:5]} (wrong architecture or image/patch size?)")
     missing = [k for k in own if k not in state and not k.startswith(skip_prefixes)]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        raise WeightsError(f"{source}: does not match the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise WeightsError(f"backbone weights {source}: does not match the backbone (another architecture's weights?): "
+                           f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.load_state_dict(state, strict=False)
 
 

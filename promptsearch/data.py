@@ -167,7 +167,7 @@ def load_medmnist(name: str, root: str | Path | None = None, download: bool = Fa
         try:
             ds = cls(split=split, root=str(root), download=download, size=None if size == 28 else size)
         except Exception as e:  # medmnist raises RuntimeError / zip errors for bad files
-            raise DataError(f"could not read {path} ({split}): {e}") from None
+            raise DataError(f"could not read {path} ({split}): {_npz_problem(path, e)}") from None
         imgs = np.asarray(ds.imgs)
         imgs = imgs[:, None] if imgs.ndim == 3 else imgs.transpose(0, 3, 1, 2)  # (N, C, H, W)
         task = meta["task"]
@@ -175,6 +175,20 @@ def load_medmnist(name: str, root: str | Path | None = None, download: bool = Fa
         labels = labels.float() if task == "multi-label" else labels.long().view(-1)
         splits[split] = Split(torch.as_tensor(imgs, dtype=torch.uint8).contiguous(), labels)
     return Dataset(flag, meta["task"], meta["classes"], splits["train"], splits["val"], splits["test"], source=str(path))
+
+
+def _npz_problem(path: Path, error: Exception) -> str:
+    """Why numpy could not read a MedMNIST archive, in words (numpy reads any non-zip file as a
+    pickle, so random bytes would say 'contains pickled data')."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return "corrupt or not an npz file (not a zip archive)"
+    if isinstance(error, KeyError):
+        with zipfile.ZipFile(path) as z:
+            found = sorted(n.removesuffix(".npy") for n in z.namelist())
+        return f"not a MedMNIST archive: {error.args[0] if error.args else error} (it holds {', '.join(found) or 'nothing'})"
+    return f"corrupt npz ({type(error).__name__}: {error})"
 
 
 # --- image folders: layout, near-duplicate groups, split plan, cached pixels -------------------------

@@ -27,8 +27,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .backbone_spec import BackboneSpec
-from .budget import Budget
+from .budget import Budget, Count
 from .files import bundled, find_named
+from .registry import Registry
 from .space import Scalar, SearchSpace, SpaceError, load_space
 from .yamlio import YamlError, compose_yaml, error_line, first_error, format_validation, where
 
@@ -37,6 +38,52 @@ DEFAULT_JOBS_DIR = bundled("default_jobs")  # breast_pixel.yaml: the README's ma
 
 class JobError(YamlError):
     """An invalid job (file, field or override): the message names the file, line and field."""
+
+
+# --- the one rule for job names and ids --------------------------------------------------------------
+# A job id is ``<name>-<YYYYmmdd-HHMMSS>-<4 hex>``: a name that passes the rule makes an id that
+# passes it too, so every id the API hands out is one it accepts back (GET, cancel, resume, export).
+# It is also a folder name under <workspace>/jobs/: no '/', no leading '.', no '..'.
+ID_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.))*$")
+NAME_MAX = 64  # name + the 21-character suffix stays within ID_MAX
+ID_MAX = 128
+ID_RULE = "letters, digits, '-', '_' or '.', starting with a letter or digit, no '..'"
+
+
+def check_id(value: object, what: str = "job id", max_len: int = ID_MAX) -> str:
+    """``value`` if it follows the job name/id rule, else a ``ValueError`` saying the rule."""
+    if not isinstance(value, str) or not 1 <= len(value) <= max_len or not ID_RE.match(value):
+        shown = repr(value) if not isinstance(value, str) or len(value) <= 80 else repr(value[:80]) + "..."
+        raise ValueError(f"invalid {what} {shown}: use 1-{max_len} {ID_RULE}")
+    return value
+
+
+def check_name(value: object) -> str:
+    """A job name (the prefix of its ids): the id rule, at most ``NAME_MAX`` characters."""
+    return check_id(value, "job name", NAME_MAX)
+
+
+class JobLibrary(BaseModel):
+    """The job's component library (``library: PATH`` or ``library: {path: PATH, share: true}``):
+    its blocks feed the space's components and the leakage guard checks the dataset against it.
+    ``share``: weight sharing inside the job (trials write fine-tuned blocks back to job-level
+    library versions that later trials start from; promptsearch.library.LibraryVersions)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str = Field(min_length=1)  # a library folder (library.json + library.safetensors)
+    share: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+
+# checks that need more than core: registered lazily, so a job without them validates without
+# importing torch (the library check reads the dataset catalogue for its leakage guard)
+JOB_CHECKS: Registry = Registry("job check")
+JOB_CHECKS.register_lazy("library", "promptsearch.library.guard")
 
 
 class Resources(BaseModel):
@@ -64,8 +111,8 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field("search", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # prefix of the job id
-    description: str = ""
+    name: str = "search"  # prefix of the job id: check_name (the same rule as job ids)
+    description: str = Field("", max_length=10_000)
     space: str = "medical"  # a space file, or a name in search_spaces/
     fix: dict[str, Scalar] = Field(default_factory=dict)  # pin decisions, e.g. {module: pixel} on a CNN
     dataset: str = "breastmnist"  # MedMNIST name, or folder:PATH
@@ -76,13 +123,19 @@ class JobSpec(BaseModel):
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     objectives: list[str | dict[str, Any]] = Field(default_factory=list)  # empty: DEFAULT_OBJECTIVES
     scalarization: dict[str, Any] | None = None  # Scalarization fields (weights for one reward)
-    trials: int = Field(20, ge=1, le=100_000)  # finished trials (completed or failed) to run
-    concurrency: int = Field(2, ge=1, le=4096)  # trials in flight at once
+    trials: Count = Field(20, ge=1, le=100_000)  # finished trials (completed or failed) to run
+    concurrency: Count = Field(2, ge=1, le=4096)  # trials in flight at once
     resources: Resources = Field(default_factory=Resources)  # per trial
-    seed: int = Field(0, ge=0)  # seeds the strategy, and every trial's training (common random numbers)
-    max_failures: int | None = Field(None, ge=1)  # None: half the trials, at least 3
+    seed: Count = Field(0, ge=0, le=2**32 - 1)  # seeds the strategy and every trial's training (numpy's seed range)
+    max_failures: Count | None = Field(None, ge=1, le=100_000)  # None: half the trials, at least 3
     ray_address: str | None = None  # None: start Ray locally; "auto" or host:port joins a cluster
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else SQLite in the workspace
+    library: JobLibrary | None = None  # a component library (overrides the space's library: key)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
 
     @field_validator("strategy")
     @classmethod
@@ -174,14 +227,22 @@ def _validate(data: Any, source: str, lines: dict[tuple, int]) -> JobSpec:
 def parse_job(text: str, source: str = "<string>", check: bool = True) -> JobSpec:
     """A job from YAML (or JSON, which is YAML) text; errors name ``source:line: field``.
     ``check``: also run :func:`check_job` (space, paths, strategy options)."""
+    return _parse(text, source, check, ())[0]
+
+
+def _parse(text: str, source: str, check: bool, sections: tuple[str, ...]) -> tuple[JobSpec, dict[str, Any], dict[tuple, int]]:
     try:
         data, lines = compose_yaml(text, source)
     except YamlError as e:
         raise JobError(str(e)) from None
+    extra: dict[str, Any] = {}
+    if isinstance(data, Mapping) and sections:
+        data = dict(data)
+        extra = {k: data.pop(k) for k in sections if k in data}
     spec = _validate(_expand_env(data, (), lines, source), source, lines)
     if check:
         check_job(spec, source, lines)
-    return spec
+    return spec, _expand_env(extra, (), lines, source), lines
 
 
 def bundled_jobs() -> list[str]:
@@ -206,6 +267,18 @@ def load_job(path: str | Path, check: bool = True) -> JobSpec:
     except (OSError, UnicodeDecodeError) as e:
         raise JobError(f"job file {str(path)!r} is not readable text: {e}") from None
     return parse_job(text, str(path), check)
+
+
+def load_job_sections(path: str | Path, sections: tuple[str, ...], check: bool = True
+                      ) -> tuple[JobSpec, dict[str, Any], dict[tuple, int]]:
+    """A job file that also carries top-level ``sections`` that are not job fields (a server's
+    ``limits:``): (the job, {section: its data, ``${VAR}`` expanded}, the file's line map)."""
+    p = resolve_job_path(path)
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise JobError(f"job file {str(path)!r} is not readable text: {e}") from None
+    return _parse(text, str(path), check, sections)
 
 
 def job_from_dict(data: Mapping[str, Any], source: str = "<job>", check: bool = True) -> JobSpec:
@@ -258,9 +331,12 @@ def job_space(spec: JobSpec, source: str = "<job>", lines: dict[tuple, int] | No
         if name not in space.spec.decisions:
             raise JobError(f"{where(source, lines, 'fix', name)}: space {space.name!r} has no decision {name!r}")
     try:
-        return space.fix(**spec.fix) if spec.fix else space
+        space = space.fix(**spec.fix) if spec.fix else space
     except SpaceError as e:
         raise JobError(f"{where(source, lines, 'fix')}: {e}") from None
+    if spec.library is not None or space.spec.library is not None:  # bound: the stored space names the exact file
+        space = JOB_CHECKS.get_or_raise("library")(spec, space, source, lines)
+    return space
 
 
 def check_job(spec: JobSpec, source: str = "<job>", lines: dict[tuple, int] | None = None) -> SearchSpace:
@@ -309,4 +385,5 @@ def resolve_paths(spec: JobSpec, base: str | Path | None = None) -> JobSpec:
     return spec.model_copy(update={
         "space": space, "data_root": absolute(data_root), "dataset": dataset,
         "backbone": spec.backbone.model_copy(update={"weights": absolute(spec.backbone.weights)}),
+        "library": spec.library.model_copy(update={"path": absolute(spec.library.path)}) if spec.library else None,
     })

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import logging
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -26,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from .jobs import JobError, JobSpec
-
-log = logging.getLogger("promptsearch.preflight")
 
 RANDOM_BACKBONE = "random-initialised backbone: results measure the prompt alone"
 MEDMNIST_KEYS = tuple(f"{split}_{part}" for split in ("train", "val", "test") for part in ("images", "labels"))
@@ -56,7 +53,6 @@ def collect_warnings() -> Iterator[list[str]]:
 
 
 def _warn(message: str) -> None:
-    log.warning("%s", message)
     sink = _sink.get()
     if sink is not None:
         sink.append(message)
