@@ -22,13 +22,29 @@ changed and can be shared by several prompted models.
 
 The backbone is frozen with ``requires_grad_(False)`` and kept in eval mode; what trains is the
 prompt (components + fusion), the inserts and a new linear head.
+
+*Library blocks* (:mod:`promptsearch.library`): a component may start from a block learned on
+data that shows its anatomy, modality or pathology instead of a fresh initialisation. The builder
+takes ``library={component: block}``; library components come first in the stack (in the
+architecture's order), then the scratch ones, so a model depends only on *which* library blocks it
+holds and *how many* scratch blocks (``SearchSpace.canonical`` relies on this). ``arch.tuning ==
+"frozen"`` keeps the library blocks fixed (``requires_grad=False``: not in the optimizer, not in
+``prompt_params``, counted as ``library_params``, still saved with the prompt). How a block is used:
+
+* token: a library block is (L0, T0, D); the candidate's (L, T) takes its first min(L, L0) layers and
+  min(T, T0) tokens, the rest keeps its fresh initialisation. Every fusion then sees it as any block.
+* pixel: a library block is a full-image pattern (3, S, S) at the library's image size (the trial's
+  working size must equal it). A component's pattern is the block read at the pixels the component
+  covers: a frame prompt reads the block on the frame of width w, an overlay on the whole image;
+  with ``concat`` each component owns one contiguous segment of that region and reads the block
+  there; ``gate`` and ``attention`` mix whole-region patterns, so each block is read on the full region.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -150,17 +166,47 @@ def prompted_layers(depth: str, n_blocks: int) -> int:
     return k
 
 
+def component_order(arch: Architecture, library: Mapping[str, object] | None = None) -> list[str]:
+    """The order of component blocks in a prompt: library-backed ones first (in the architecture's
+    order), then the scratch ones. Without a library: the architecture's order."""
+    lib = library or {}
+    names = arch.component_names
+    return [n for n in names if n in lib] + [n for n in names if n not in lib]
+
+
+LibraryBlocks = Mapping[str, "torch.Tensor | None"]  # component -> its library block (None: values come from a loaded state)
+
+
 class TokenPrompt(nn.Module):
     """Component blocks of prompt tokens for L layers, fused to P tokens per layer, placed in a
-    sequence of ``prefix`` + ``n_patches`` tokens (needed for :meth:`features`)."""
+    sequence of ``prefix`` + ``n_patches`` tokens (needed for :meth:`features`). ``library``: blocks
+    (L0, T0, D) for some components; ``frozen``: those stay fixed (held in ``library_blocks``)."""
 
     def __init__(self, arch: Architecture, dim: int, n_blocks: int, patch_pixels: int, prefix: int = 1,
-                 n_patches: int | None = None):
+                 n_patches: int | None = None, library: LibraryBlocks | None = None, frozen: bool = False):
         super().__init__()
         self.layers = prompted_layers(arch.depth, n_blocks)
         n = max(1, len(arch.component_names))  # a space without components = one plain VPT block
-        self.blocks = nn.Parameter(torch.empty(self.layers, n, arch.tokens, dim))  # (L, n, T, D)
-        INITS.get_or_raise(arch.init)(self.blocks.data, patch_pixels)
+        blocks = torch.empty(self.layers, n, arch.tokens, dim)  # (L, n, T, D)
+        INITS.get_or_raise(arch.init)(blocks, patch_pixels)
+        lib = {k: v for k, v in (library or {}).items() if k in arch.component_names}
+        self.components = component_order(arch, lib)  # block i of the stack is component i
+        self.n_library = len(lib)
+        for i, name in enumerate(self.components[: self.n_library]):
+            block = lib[name]
+            if block is None:
+                continue
+            if block.dim() != 3 or block.shape[-1] != dim:
+                raise IncompatibleCandidate(f"library block {name!r} has shape {tuple(block.shape)}; token prompts "
+                                            f"on this backbone need (layers, tokens, {dim})")
+            L, T = min(self.layers, block.shape[0]), min(arch.tokens, block.shape[1])
+            blocks[:L, i, :T] = block[:L, :T].to(blocks.dtype)  # the overlap; the rest stays freshly initialised
+        if frozen and self.n_library:
+            self.library_blocks = nn.Parameter(blocks[:, : self.n_library].clone(), requires_grad=False)  # (L, n_lib, T, D)
+            self.blocks = nn.Parameter(blocks[:, self.n_library:].clone())  # (L, n - n_lib, T, D)
+        else:
+            self.library_blocks = None
+            self.blocks = nn.Parameter(blocks)  # (L, n, T, D)
         fusion = arch.fusion if n > 1 else "concat"
         self.fusion = FUSIONS.get_or_raise(fusion)(self.layers, n, arch.tokens, dim)
         self.n_tokens = self.fusion.out_tokens(n, arch.tokens)
@@ -177,8 +223,14 @@ class TokenPrompt(nn.Module):
         self.replace = placement == "replace"
         self.prefix, self.n_patches = prefix, n_patches
 
+    def stacked(self) -> torch.Tensor:
+        """Every component's block, in :attr:`components` order: (L, n, T, D)."""
+        if self.library_blocks is None:
+            return self.blocks
+        return torch.cat([self.library_blocks, self.blocks], dim=1)  # (L, n, T, D)
+
     def forward(self) -> torch.Tensor:
-        return self.dropout(self.fusion(self.blocks))  # (L, P, D)
+        return self.dropout(self.fusion(self.stacked()))  # (L, P, D)
 
     def layout(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Sequence positions inside the blocks: the P prompt tokens, and patch i's token (-1 for a
@@ -218,9 +270,12 @@ class TokenPrompt(nn.Module):
 
 
 class PixelPrompt(nn.Module):
-    """Component pixel patterns on a region of the input (a frame of width w, or all of it)."""
+    """Component pixel patterns on a region of the input (a frame of width w, or all of it).
+    ``library``: full-image blocks (3, S, S) for some components, read at the pixels each component
+    covers (:meth:`positions`); ``frozen``: those patterns stay fixed (``requires_grad=False``)."""
 
-    def __init__(self, arch: Architecture, image_size: int):
+    def __init__(self, arch: Architecture, image_size: int, library: LibraryBlocks | None = None,
+                 frozen: bool = False):
         super().__init__()
         S = image_size
         mask = torch.zeros(S, S, dtype=torch.bool)
@@ -244,12 +299,32 @@ class PixelPrompt(nn.Module):
             self.patterns = nn.ParameterList([nn.Parameter(torch.empty(3, R)) for _ in range(n)])  # (3, R)
         for p in self.patterns:
             INITS.get_or_raise(arch.init)(p.data, 3)
+        lib = {k: v for k, v in (library or {}).items() if k in arch.component_names}
+        self.components = component_order(arch, lib)  # pattern i is component i
+        self.n_library = len(lib)
+        for i, name in enumerate(self.components[: self.n_library]):
+            block = lib[name]
+            if block is not None:
+                if tuple(block.shape) != (3, S, S):
+                    raise IncompatibleCandidate(f"library block {name!r} is {tuple(block.shape)}; pixel prompts at "
+                                                f"{S} px need (3, {S}, {S}): use the library's image size")
+                self.patterns[i].data.copy_(block.reshape(3, S * S)[:, self.positions(i)])
+            if frozen:
+                self.patterns[i].requires_grad_(False)
         if self.fusion_name == "gate":
             self.gates = nn.Parameter(torch.zeros(n))  # (n,)
         elif self.fusion_name == "attention":
             # input-conditioned: the image's mean colour queries the components
             self.query = nn.Linear(3, n)  # (3 -> n) logits per sample
         self.n_pixels = R
+
+    def positions(self, i: int) -> torch.Tensor:
+        """Flat pixel indices (into S*S) that pattern ``i`` covers: its segment of the region for
+        ``concat``, the whole region otherwise."""
+        if self.fusion_name != "concat":
+            return self.region
+        start = sum(p.shape[1] for p in list(self.patterns)[:i])
+        return self.region[start: start + self.patterns[i].shape[1]]  # (R_i,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
@@ -288,7 +363,7 @@ PROMPT_MODULES: Registry = Registry("prompt module")
 
 
 @PROMPT_MODULES.register("token")
-def _token_module(arch: Architecture, backbone: Backbone) -> TokenPrompt:
+def _token_module(arch: Architecture, backbone: Backbone, library: LibraryBlocks | None = None) -> TokenPrompt:
     if not backbone.is_vit:
         raise IncompatibleCandidate(
             "token prompts need a timm VisionTransformer backbone; this backbone takes pixel "
@@ -296,11 +371,12 @@ def _token_module(arch: Architecture, backbone: Backbone) -> TokenPrompt:
     vit = backbone.model
     patch = vit.patch_embed.patch_size
     return TokenPrompt(arch, vit.embed_dim, len(vit.blocks), 3 * patch[0] * patch[1], vit.num_prefix_tokens,
-                       vit.patch_embed.num_patches)
+                       vit.patch_embed.num_patches, library, arch.tuning == "frozen")
 
 
-PROMPT_MODULES.register("pixel")(lambda arch, backbone: PixelPrompt(arch, backbone.image_size))
-PROMPT_MODULES.register("none")(lambda arch, backbone: NoPrompt())
+PROMPT_MODULES.register("pixel")(lambda arch, backbone, library=None: PixelPrompt(arch, backbone.image_size, library,
+                                                                                   arch.tuning == "frozen"))
+PROMPT_MODULES.register("none")(lambda arch, backbone, library=None: NoPrompt())
 
 # --- inserts: learnable modules hooked into the frozen backbone -------------------------------------
 # name -> builder(arch, backbone) -> a module with ``attached(backbone)`` (a context manager), or
@@ -314,7 +390,7 @@ class PromptedModel(nn.Module):
     [0, 1] at any size; it is resized to the working size, grey is repeated to 3 channels, then
     normalised."""
 
-    def __init__(self, backbone: Backbone, arch: Architecture, num_outputs: int):
+    def __init__(self, backbone: Backbone, arch: Architecture, num_outputs: int, library: LibraryBlocks | None = None):
         super().__init__()
         self.arch = arch
         self.backbone = backbone.model.requires_grad_(False).eval()
@@ -322,7 +398,7 @@ class PromptedModel(nn.Module):
         self.is_vit = backbone.is_vit
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
-        self.prompt = PROMPT_MODULES.get_or_raise(arch.module)(arch, backbone)
+        self.prompt = PROMPT_MODULES.get_or_raise(arch.module)(arch, backbone, library)
         inserts = {name: build(arch, backbone) for name, build in INSERTS.items()}
         self.inserts = nn.ModuleDict({k: v for k, v in inserts.items() if v is not None})
         self.head = nn.Linear(backbone.num_features, num_outputs)
@@ -369,8 +445,13 @@ class PromptedModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def frozen_prompt_parameters(self) -> list[nn.Parameter]:
+        """Frozen library blocks: part of the prompt, never trained."""
+        return [p for p in self.prompt.parameters() if not p.requires_grad]
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        names = {id(p) for p in self.trainable_parameters()}
+        """Everything but the backbone: what trains, and the frozen library blocks the prompt holds."""
+        names = {id(p) for p in self.trainable_parameters() + self.frozen_prompt_parameters()}
         return {k: v.detach().clone().contiguous() for k, v in self.named_parameters() if id(v) in names}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -383,19 +464,23 @@ class PromptedModel(nn.Module):
     def cost(self) -> dict[str, int]:
         """Exact trainable counts (``prompt_params`` includes the inserts, each also counted as
         ``<insert>_params``) and the added input cost (tokens per block, or prompted pixels)."""
-        prompt = sum(p.numel() for p in self.prompt_parameters())
+        prompt = sum(p.numel() for p in self.prompt_parameters() if p.requires_grad)
         head = sum(p.numel() for p in self.head.parameters())
         out = {"prompt_params": prompt, "head_params": head, "trainable_params": prompt + head,
                "backbone_params": sum(p.numel() for p in self.backbone.parameters())}
         out.update(self.prompt.cost())
+        if frozen := sum(p.numel() for p in self.frozen_prompt_parameters()):
+            out["library_params"] = frozen  # shared across tasks: a library block, not this task's
         out.update({f"{name}_params": sum(p.numel() for p in m.parameters()) for name, m in self.inserts.items()})
         return out
 
 
-def build_prompted_model(arch: Architecture, spec: BackboneSpec | Backbone, num_outputs: int) -> PromptedModel:
-    """Architecture + backbone -> a PromptedModel whose only trainable parts are prompt, inserts and head."""
+def build_prompted_model(arch: Architecture, spec: BackboneSpec | Backbone, num_outputs: int,
+                         library: LibraryBlocks | None = None) -> PromptedModel:
+    """Architecture + backbone -> a PromptedModel whose only trainable parts are prompt, inserts and head
+    (``library``: components that start from a library block, see the module docstring)."""
     backbone = spec if isinstance(spec, Backbone) else build_backbone(spec)
-    return PromptedModel(backbone, arch, num_outputs)
+    return PromptedModel(backbone, arch, num_outputs, library)
 
 
 from . import adapters as _adapters  # noqa: E402,F401 - fills INSERTS (adapters builds on this module)

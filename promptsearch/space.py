@@ -11,6 +11,20 @@ architecture (a readable dict) is derived from it.
 The "at least ``min_components`` components on" constraint is kept in two ways: samplers draw
 with rejection (so sampling stays uniform over valid genomes), and variation operators call
 :meth:`SearchSpace.repair`, which switches on randomly chosen components (seeded).
+
+Component libraries (:mod:`promptsearch.library`): a space may name one (``library: PATH``; a job's
+``library`` field overrides it) and list ``scratch`` components, which have no trained block and
+always start fresh. The decisions ``source`` (library | scratch) and ``tuning`` (frozen | finetuned)
+say where the chosen components' weights come from and whether library blocks train. A job binds
+the library: the stored space then carries its path, version and sha256 (:class:`LibraryRef`).
+
+*Equivalence* ("no trial spent twice"): :meth:`SearchSpace.canonical` maps genomes that build the
+same model to one genome, hence one ``Candidate.key``. Always: inactive genes are zeroed (a
+decision whose ``when`` is unmet). With ``equivalence: [scratch_components]`` in the file: blocks
+that start from scratch are interchangeable (the model stacks library blocks first, then scratch
+ones, and a scratch block's name enters nothing), so only *how many* scratch components are on
+matters; the canonical genome switches on the first that many scratch-eligible components (all
+components when ``source`` is scratch, the ``scratch`` list when it is library).
 """
 
 from __future__ import annotations
@@ -49,6 +63,9 @@ Init = Literal["normal", "xavier", "uniform", "zero"]
 PixelPromptKind = Literal["frame", "overlay"]
 AdapterKind = Literal["none", "bottleneck", "conv"]  # adapters.ADAPTER_KINDS implements all but none
 LoraTarget = Literal["q", "k", "v", "proj"]  # adapters.LORA_TARGETS: slices of timm's fused qkv, and proj
+ComponentSource = Literal["scratch", "library"]  # where a chosen component's block starts (promptsearch.library)
+Tuning = Literal["finetuned", "frozen"]  # whether library blocks train in the trial
+EquivalenceRule = Literal["scratch_components"]  # SearchSpace.canonical: scratch blocks are interchangeable
 DEPTH_RE = re.compile(r"^(shallow|deep|first_[1-9][0-9]*)$")
 BLOCKS_RE = re.compile(r"^(all|(first|last|every)_[1-9][0-9]*)$")  # adapters.BLOCK_SETS: all, first, last, every
 
@@ -104,6 +121,9 @@ class Architecture(BaseModel):
     lora_rank: int = Field(0, ge=0, le=512)  # 0 = no LoRA
     lora_targets: LoraTargets = "q+v"  # the LoRA paper's choice for attention
     lora_blocks: Blocks = "all"  # which ViT blocks' attention gets LoRA
+    # component weights (promptsearch.library); the defaults are "fresh blocks, trained", as before libraries
+    source: ComponentSource = "scratch"  # library: each component starts from its library block (space.scratch excepted)
+    tuning: Tuning = "finetuned"  # frozen: library blocks stay fixed; scratch blocks, fusion and head train
 
     @property
     def component_names(self) -> list[str]:
@@ -153,6 +173,30 @@ class Decision(BaseModel):
         return self
 
 
+class LibraryRef(BaseModel):
+    """A component library a space draws its blocks from. In a space file: ``library: PATH`` (a folder
+    holding ``library.json`` + ``library.safetensors``, relative to the space file). A job binds it
+    (:func:`promptsearch.library.bind_library`): ``version`` and ``sha256`` (of library.safetensors)
+    and ``components`` (the names with a trained block) are filled, so a trial loads the exact file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str = Field(min_length=1)
+    version: str | None = None
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    components: tuple[str, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+
+# SpaceFile fields added after spaces were first stored: left out of the hash and of to_dict() while
+# they hold their default, so every older space keeps its hash and its stored form
+_LATER_FIELDS: dict[str, Any] = {"library": None, "scratch": [], "equivalence": []}
+
+
 class SpaceFile(BaseModel):
     """The YAML document, validated as a whole."""
 
@@ -164,6 +208,9 @@ class SpaceFile(BaseModel):
     components: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     min_components: int = Field(0, ge=0)
     decisions: dict[str, Decision]
+    library: LibraryRef | None = None  # the component library (a job's library field overrides it)
+    scratch: tuple[str, ...] = ()  # components with no trained block: they start fresh even when source=library
+    equivalence: tuple[EquivalenceRule, ...] = ()  # what SearchSpace.canonical treats as one candidate
 
     @field_validator("decisions", mode="before")
     @classmethod
@@ -199,7 +246,19 @@ class SpaceFile(BaseModel):
                 bad = [x for x in values if x not in self.decisions[ref].choices]
                 if bad:
                     raise ValueError(f"@decisions.{d.name}.when.{ref}: values {bad} are not choices of {ref!r}")
+        names = {c for group in self.components.values() for c in group}
+        for i, c in enumerate(self.scratch):
+            if c not in names:
+                raise ValueError(f"@scratch.{i}: {c!r} is not a component of this space")
         return self
+
+    def dump(self) -> dict[str, Any]:
+        """The stored form (hash input): fields added later are left out while at their default."""
+        out = self.model_dump(mode="json")
+        for k, default in _LATER_FIELDS.items():
+            if out.get(k) == default:
+                out.pop(k, None)
+        return out
 
 
 # --- the space ----------------------------------------------------------------------------------
@@ -236,7 +295,7 @@ class SearchSpace:
 
     @functools.cached_property
     def hash(self) -> str:
-        blob = json.dumps(self.spec.model_dump(mode="json"), sort_keys=True)
+        blob = json.dumps(self.spec.dump(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def __eq__(self, other: object) -> bool:
@@ -249,7 +308,7 @@ class SearchSpace:
         return f"SearchSpace({self.name!r}, genes={len(self.genes)}, size={self.size()}, hash={self.hash})"
 
     def to_dict(self) -> dict:
-        return self.spec.model_dump(mode="json")
+        return self.spec.dump()
 
     # structure
     @property
@@ -291,9 +350,30 @@ class SearchSpace:
         return self.n_components_on(genome) >= self.spec.min_components
 
     def canonical(self, genome: Sequence[int]) -> tuple[int, ...]:
-        """Inactive genes set to 0, so equal architectures have equal genomes."""
+        """One genome per model: inactive genes set to 0, and (``equivalence: [scratch_components]``)
+        the scratch components on replaced by the first that many scratch-eligible ones (see the
+        module docstring), so equivalent genomes share one ``Candidate.key``."""
         self._check_shape(genome)
-        return tuple(int(v) if a else 0 for v, a in zip(genome, self.active(genome)))
+        g = [int(v) if a else 0 for v, a in zip(genome, self.active(genome))]
+        if "scratch_components" in self.spec.equivalence:
+            eligible = self._scratch_eligible(g)
+            k = sum(g[i] for i in eligible)
+            for j, i in enumerate(eligible):
+                g[i] = int(j < k)
+        return tuple(g)
+
+    def _source(self, genome: Sequence[int]) -> str:
+        """The ``source`` decision's value for a genome (the Architecture default without one)."""
+        i = self._index.get("source")
+        if i is None or i >= self.n_decisions or not self.active(genome)[i]:
+            return Architecture.model_fields["source"].default
+        return str(self.genes[i].choices[genome[i]])
+
+    def _scratch_eligible(self, genome: Sequence[int]) -> list[int]:
+        """Gene indices of the components that start from scratch in this genome, in genome order."""
+        scratch = set(self.spec.scratch) if self._source(genome) == "library" else None
+        return [i for i in range(self.n_decisions, len(self.genes))
+                if scratch is None or self.genes[i].name in scratch]
 
     def repair(self, genome: Sequence[int], rng: random.Random) -> tuple[int, ...]:
         """Switch on random components until the ``min_components`` constraint holds."""
@@ -314,11 +394,21 @@ class SearchSpace:
                 return self.candidate(g)
 
     def _controllers(self) -> list[str]:
-        return sorted({r for d in self.spec.decisions.values() for r in d.when}, key=self._index.__getitem__)
+        refs = {r for d in self.spec.decisions.values() for r in d.when}
+        if "scratch_components" in self.spec.equivalence and "source" in self.spec.decisions:
+            refs.add("source")  # the component count depends on it
+        return sorted(refs, key=self._index.__getitem__)
 
-    def _component_count(self) -> int:
+    def _component_count(self, source: str | None = None) -> int:
+        """Distinct component sets (canonical) with at least ``min_components`` on."""
         n = sum(len(v) for v in self.spec.components.values())
-        return sum(math.comb(n, k) for k in range(self.spec.min_components, n + 1))
+        lo = self.spec.min_components
+        if "scratch_components" not in self.spec.equivalence:
+            return sum(math.comb(n, k) for k in range(lo, n + 1))
+        if (source or Architecture.model_fields["source"].default) != "library":
+            return n + 1 - lo  # only how many are on matters
+        s = len(self.spec.scratch)  # scratch-eligible: only how many; the library-backed ones by name
+        return sum(math.comb(n - s, j) for j in range(n - s + 1) for k in range(s + 1) if j + k >= lo)
 
     def size(self) -> int:
         """The number of distinct valid architectures (canonical genomes)."""
@@ -339,8 +429,9 @@ class SearchSpace:
             act = self.active(g)
             if any(not act[self._index[c]] and fixed[c] != self.spec.decisions[c].choices[0] for c in ctrl):
                 continue
-            total += n
-        return total * self._component_count()
+            total += n * (self._component_count(self._source(g)) if "scratch_components" in self.spec.equivalence
+                          else 1)
+        return total if "scratch_components" in self.spec.equivalence else total * self._component_count()
 
     def enumerate(self) -> Iterator[Candidate]:
         """Every distinct valid candidate, in genome order (only sensible for small spaces)."""
