@@ -7,10 +7,18 @@
 raises for a bad candidate or diverging training; it returns a ``TrialResult`` with
 ``status="failed"`` and the reason. Selection metrics come from the validation split; the test
 split is evaluated once at the end and stored apart (``test_metrics``), never used to select.
+
+With ``source: library`` the candidate's components start from the blocks of the space's bound
+library (:func:`promptsearch.library.trial_library`, checked against its sha256); with a job's
+``library_versions`` (weight sharing) from ``library_version`` of them, and a completed trial writes
+its fine-tuned blocks back as a child version (:meth:`~promptsearch.library.LibraryVersions.write_back`).
+The library record (path, version, sha256, components, the version started from and written) goes
+into the saved weights' metadata.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import traceback
@@ -28,6 +36,7 @@ from .results import TrialResult
 from .threads import torch_threads
 from .backbones import Backbone, BackboneSpec, build_backbone
 from .prompts import IncompatibleCandidate, PromptedModel, build_prompted_model
+from .library import trial_library, write_back
 from .space import Candidate
 
 class TrialFailed(RuntimeError):
@@ -123,14 +132,17 @@ def train_model(model: PromptedModel, data: Dataset, budget: Budget, seed: int,
 
 
 def run_trial(candidate: Candidate, data: Dataset, backbone: BackboneSpec | Backbone, budget: Budget | None = None,
-              seed: int = 0, on_epoch: EpochCallback | None = None, weights_out: str | Path | None = None) -> TrialResult:
-    """Train and evaluate one candidate; never raises for the candidate's own failures."""
+              seed: int = 0, on_epoch: EpochCallback | None = None, weights_out: str | Path | None = None,
+              library_versions: str | Path | None = None, library_version: str | None = None) -> TrialResult:
+    """Train and evaluate one candidate; never raises for the candidate's own failures.
+    ``library_versions``/``library_version``: weight sharing (see the module docstring)."""
     budget = budget or Budget()
     t0 = time.perf_counter()
     history: list[dict[str, float]] = []  # filled once training ends: a failed result keeps it
     with torch_threads(budget.threads):
         try:
-            return _train_and_evaluate(candidate, data, backbone, budget, seed, on_epoch, weights_out, t0, history)
+            return _train_and_evaluate(candidate, data, backbone, budget, seed, on_epoch, weights_out, t0, history,
+                                       library_versions, library_version)
         except (TrialFailed, IncompatibleCandidate) as e:
             reason = f"{type(e).__name__}: {e}"
         except Exception as e:  # a trial must never take its caller down
@@ -140,11 +152,14 @@ def run_trial(candidate: Candidate, data: Dataset, backbone: BackboneSpec | Back
 
 def _train_and_evaluate(candidate: Candidate, data: Dataset, backbone: BackboneSpec | Backbone, budget: Budget,
                         seed: int, on_epoch: EpochCallback | None, weights_out: str | Path | None, t0: float,
-                        history: list[dict[str, float]]) -> TrialResult:
+                        history: list[dict[str, float]], library_versions: str | Path | None = None,
+                        library_version: str | None = None) -> TrialResult:
+    built = backbone if isinstance(backbone, Backbone) else build_backbone(backbone)
+    lib = trial_library(candidate, backbone, built.image_size, library_versions, library_version)
     torch.manual_seed(seed)  # prompt and head initialisation
     device = torch.device(budget.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = build_prompted_model(candidate.arch, backbone if isinstance(backbone, Backbone) else build_backbone(backbone),
-                                 data.num_outputs).to(device)
+    model = build_prompted_model(candidate.arch, built, data.num_outputs,
+                                 library=lib.blocks if lib is not None else None).to(device)
     train = data.train.subset(budget.max_train_samples, seed)
     val = data.val.subset(budget.max_eval_samples, 0)
     rows, steps = train_model(model, data, budget, seed, on_epoch, train, val)
@@ -155,12 +170,19 @@ def _train_and_evaluate(candidate: Candidate, data: Dataset, backbone: BackboneS
     test = evaluate(model, data.test.subset(budget.max_eval_samples, 0), data.task, budget.eval_batch_size)
     if not all(math.isfinite(final[k]) for k in ("auc", "accuracy", "worst_class_recall")):
         raise TrialFailed(f"non-finite validation metrics: {final}")
+    meta = None
+    if lib is not None:
+        record = lib.record()
+        written = write_back(model, lib, {"candidate": candidate.key, "seed": seed}, final)
+        if written is not None:
+            record["wrote"] = written
+        meta = {"library": json.dumps(record, sort_keys=True)}
     if weights_out is not None:
         from safetensors.torch import save_file
 
         Path(weights_out).parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()},
-                  str(weights_out))
+                  str(weights_out), metadata=meta)
     return TrialResult(candidate=candidate.to_json(), status="completed", metrics=final, test_metrics=test,
                        history=history, epochs=len(history), steps=steps,
                        wall_time_s=time.perf_counter() - t0, seed=seed)
