@@ -129,10 +129,21 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
         runner.enqueue(job_id, resume_cancelled=st["status"] == "cancelled")
         return summary_view(status_of(ws, job_id), runner)
 
-    @app.get("/jobs/{job_id}/trials", tags=["jobs"], dependencies=guarded)
-    def trials(job_id: str, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=10000),
-               status: Literal["completed", "failed", "preempted", "running"] | None = None) -> TrialPage:
-        """The job's trials in submission order, paged; ``status`` filters."""
+    @app.get("/jobs/{job_id}/trials", tags=["jobs"], dependencies=guarded, response_model=TrialPage,
+             responses={200: {"content": {"text/csv": {}}, "description": "a TrialPage; with format: a file"}})
+    def trials(job_id: str, offset: int = Query(0, ge=0),
+               limit: int | None = Query(None, ge=1, le=10000, description="default 100; with format: every trial"),
+               status: Literal["completed", "failed", "preempted", "running"] | None = None,
+               fmt: Literal["csv", "json"] | None = Query(None, alias="format", description=(
+                   "csv | json: the trials as one flat table to download, one column per decision")),
+               test: bool = Query(False, description="with format: add test_* columns (report them; don't choose by them)"),
+               ) -> TrialPage | Response:
+        """The job's trials in submission order, paged; ``status`` filters; ``format`` downloads them."""
+        if fmt:
+            from .analysis_api import trials_download
+
+            return trials_download(ws, job_id, fmt, status, test, offset, limit)
+        limit = limit or 100
         existing(ws, job_id)
         rows = trial_views(jobs.job_trials(ws, job_id), job_objectives(ws, job_id))
         if status:
@@ -169,6 +180,10 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
         return Response(data, media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{name}"',
                                  "X-Promptsearch-Trial": str(info["trial_id"])})
+
+    from .analysis_api import analysis_router
+
+    app.include_router(analysis_router(ws, guarded))  # importance, curves, constraints, compare (the dashboard's)
 
     # the dashboard: a static shell (no data) + Plotly from the installed package
     @app.get("/", include_in_schema=False)
