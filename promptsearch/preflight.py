@@ -34,6 +34,11 @@ class PreflightError(JobError):
     """A job whose files cannot run: the message names the job field and the file."""
 
 
+class WorkspaceUnusable(PreflightError):
+    """The workspace cannot take a job (read-only, or too little free space): the server's
+    trouble (HTTP 507), not the request's."""
+
+
 class PreflightWarning(UserWarning):
     """A job that runs but probably not as meant (a randomly initialised backbone)."""
 
@@ -60,9 +65,12 @@ def _warn(message: str) -> None:
         warnings.warn(message, PreflightWarning, stacklevel=3)
 
 
-def preflight(spec: JobSpec) -> list[str]:
-    """Check the job's dataset and backbone (see the module docstring); returns the warnings.
+def preflight(spec: JobSpec, workspace: Any = None) -> list[str]:
+    """Check the workspace (when given: a folder or a :class:`~promptsearch.search.workspace.Workspace`),
+    the job's dataset and its backbone (see the module docstring); returns the warnings.
     ``spec``'s paths must be resolved (:func:`~promptsearch.jobs.resolve_paths`)."""
+    if workspace is not None:
+        check_workspace(Path(getattr(workspace, "root", workspace)))
     check_dataset(spec)
     check_backbone(spec)
     notes = []
@@ -72,6 +80,33 @@ def preflight(spec: JobSpec) -> list[str]:
     for note in notes:
         _warn(note)
     return notes
+
+
+# --- the workspace --------------------------------------------------------------------------------------
+# What a job writes before its first trial ends: MLflow's SQLite store with its schema (~1 MB), a
+# local Ray session's logs and sockets (~5-20 MB), state and weights files (KB each). Below this a
+# job would fail half-started, with MLflow's SQL in the message; 64 MiB is a few such starts.
+MIN_FREE_BYTES = 64 * 1024**2
+
+
+def check_workspace(root: Path, min_free: int = MIN_FREE_BYTES) -> None:
+    """The workspace (or the nearest folder above it that exists) is writable and has ``min_free``
+    bytes free. Writes nothing."""
+    import os
+
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        st = os.statvfs(probe)
+    except OSError as e:
+        raise WorkspaceUnusable(f"workspace: {probe}: {e.strerror or e} (errno {e.errno})") from None
+    if st.f_flag & os.ST_RDONLY or not os.access(probe, os.W_OK):
+        raise WorkspaceUnusable(f"workspace: {probe}: read-only (errno 30 EROFS): a job cannot write its state there")
+    free = st.f_bavail * st.f_frsize
+    if free < min_free:
+        raise WorkspaceUnusable(f"workspace: {probe}: only {free / 1024**2:.1f} MiB free; a job needs at least "
+                                f"{min_free / 1024**2:.0f} MiB (MLflow's store, Ray's session files) before it starts")
 
 
 # --- the dataset ---------------------------------------------------------------------------------------

@@ -2,6 +2,12 @@
 workspace, loopback only) or on a cluster, with the process's Ray settings restored after it.
 
     python -c "from promptsearch.dispatch.ray_session import ray_session; help(ray_session)"
+
+A local Ray is a single-machine Ray: its node address is 127.0.0.1, so the GCS, the raylet, the
+object manager, the runtime-env agent and every worker listen on the loopback interface only
+(Ray otherwise binds every interface). Joining a cluster (``ray_address``) is the explicit opt-in
+to the network. Ray makes its session folders world-writable (0777, for shared machines); a
+local session's are made the user's alone (0700) as soon as they exist, and again at its end.
 """
 
 from __future__ import annotations
@@ -16,7 +22,11 @@ from ..search.workspace import Workspace
 
 # Environment a Ray session of this process sets for itself; restored when the session ends, so a
 # later session (another job, another cluster) starts from the caller's settings.
-_SESSION_ENV = ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+# Ray's own switch between a single-machine Ray (node address 127.0.0.1, as on macOS and Windows)
+# and a cluster node (the primary interface's address); its daemons and workers inherit it.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_SESSION_ENV = ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", SINGLE_MACHINE_ENV)
+LOOPBACK = "127.0.0.1"
 
 
 @contextlib.contextmanager
@@ -26,7 +36,10 @@ def ray_session(ws: Workspace, address: str | None) -> Iterator[bool]:
     workspace. Yields whether it started Ray (and so stops it). One process may run many sessions."""
     import ray
 
+    from ray._private import ray_constants
+
     saved = {k: os.environ.get(k) for k in _SESSION_ENV}
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER  # read by ray at import; this session may change it
     started = False
     try:
         if not ray.is_initialized():
@@ -41,6 +54,8 @@ def ray_session(ws: Workspace, address: str | None) -> Iterator[bool]:
     finally:
         if started:
             ray.shutdown()
+            if not address:
+                private_tree(ws.root / "ray")
             link = Path(os.environ.get("RAY_TMPDIR", ""))
             if link.is_symlink() and link.parent == Path("/tmp"):  # the short alias ray_tmpdir() made
                 link.unlink(missing_ok=True)
@@ -49,8 +64,21 @@ def ray_session(ws: Workspace, address: str | None) -> Iterator[bool]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
         if not ray.is_initialized():
             _refresh_ray_config()
+
+
+def private_tree(root: Path) -> None:
+    """Remove group and other permissions from every folder and file under ``root`` (Ray's
+    ``try_make_directory_shared`` makes its folders 0777); links are left alone."""
+    for folder, dirs, files in os.walk(root):
+        for name in [None, *files]:
+            path = Path(folder) if name is None else Path(folder) / name
+            with contextlib.suppress(OSError):
+                st = path.lstat()
+                if not path.is_symlink() and st.st_mode & 0o077:
+                    os.chmod(path, st.st_mode & 0o7700)
 
 
 def _refresh_ray_config() -> None:
@@ -81,11 +109,16 @@ def _init_ray(ws: Workspace, address: str | None) -> bool:
         return True
     tmp = ws.ray_tmpdir()
     os.environ["RAY_TMPDIR"] = str(tmp)
+    from ray._private import ray_constants
+
+    os.environ[SINGLE_MACHINE_ENV] = "0"  # the raylet, agents and workers: loopback only
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process: 127.0.0.1 stays 127.0.0.1 (not the LAN address)
     if not any(os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
         # Ray's default for a new local cluster is token auth with a token it writes to
         # ~/.ray/auth_token (which later `ray start`s on the machine then use); keep ours in the workspace.
         os.environ["RAY_AUTH_MODE"], os.environ["RAY_AUTH_TOKEN_PATH"] = "token", str(ws.ray_auth_token())
         _refresh_ray_config()
-    ray.init(_temp_dir=str(tmp), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             object_store_memory=256 * 1024**2)  # trials exchange only small dicts
+    ray.init(_temp_dir=str(tmp), _node_ip_address=LOOPBACK, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR, object_store_memory=256 * 1024**2)  # trials exchange only small dicts
+    private_tree(ws.root / "ray")
     return True

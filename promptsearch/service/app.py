@@ -6,33 +6,108 @@ Jobs are submitted to the workspace through the job API (:mod:`promptsearch.serv
 queued, and each one runs in **its own subprocess** (:mod:`promptsearch.service.runner`), at most
 ``max_jobs`` at a time: the API stays responsive, and a killed server loses nothing.
 
-Security: job ids and names are validated against a strict pattern before they reach the job
-API; a request cannot name files (:mod:`promptsearch.service.requests`). With
-``PROMPTSEARCH_API_TOKEN`` set, every API endpoint except ``/health`` needs
-``Authorization: Bearer <token>`` (the dashboard's static shell and the API description carry no
-job data and stay public, so the page can ask for it).
+Security: job ids and names follow one rule (:func:`promptsearch.jobs.check_id`), checked before
+they reach the job API; a request cannot name files (:mod:`promptsearch.service.requests`) and is
+held to the server's limits (:class:`~promptsearch.service.settings.Limits`): a body over
+``limits.max_body_bytes`` is a 413, a field over its limit a 422, a full queue a 429, all naming
+the limit. A refused request writes nothing. Bad input is always a 4xx with the reason and never
+echoes the input back. With ``PROMPTSEARCH_API_TOKEN`` set, every API endpoint except ``/health``
+needs ``Authorization: Bearer <token>`` (the dashboard's static shell and the API description carry
+no job data and stay public, so the page can ask for it).
 """
 
 from __future__ import annotations
 
 import hmac
+import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query
-from fastapi.responses import FileResponse, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
+from ..preflight import WorkspaceUnusable, collect_warnings
 from . import jobs
 from .requests import JobRequest, job_spec, valid_id
 from .requests import meta as meta_view
 from .runner import JobRunner
-from .settings import Settings
+from .settings import Settings, os_error_line
 from .views import JobSummary, Pareto, TrialPage, existing, job_objectives, pareto_view, spec_json, status_of, summary_view, trial_views
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboard"
+log = logging.getLogger("promptsearch.service")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is a 413 naming the limit, whether it says
+    its length (``Content-Length``) or streams; the body is read once, bounded, and handed on."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                return await _reply(send, 400, "Content-Length is not a number")
+            if declared > self.max_bytes:
+                return await _reply(send, 413, self._too_big(declared))
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                return await _reply(send, 413, self._too_big(size, streamed=True))
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    def _too_big(self, size: int, streamed: bool = False) -> str:
+        return (f"request body of {'more than ' if streamed else ''}{size} bytes is over this server's limit "
+                f"(limits.max_body_bytes = {self.max_bytes})")
+
+
+async def _reply(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _clip(text: str, n: int = 300) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """FastAPI's 422 detail (``loc``, ``msg``, ``type``) without the ``input`` it would echo: a NaN
+    cannot be serialised (a 500), and a 5 MB field should not come back."""
+    out = []
+    for err in exc.errors():
+        loc = [x if isinstance(x, int | str) else str(x) for x in err.get("loc", ())]
+        out.append({"loc": loc, "msg": _clip(str(err.get("msg", ""))).removeprefix("Value error, "),
+                    "type": str(err.get("type", ""))})
+    return out
 
 
 def plotly_js() -> Path:
@@ -63,7 +138,19 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
                          description="Prompt architecture search jobs, their Pareto fronts and exports. "
                                      "The dashboard is at `/`.")
     app.state.settings, app.state.runner = settings, runner
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     bearer = HTTPBearer(auto_error=False)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_detail(exc)}, status_code=422)
+
+    @app.exception_handler(OSError)
+    async def storage_error(request: Request, exc: OSError) -> JSONResponse:
+        # the workspace could not be written (a full or read-only disk): the server's trouble, said in one line
+        log.error("%s %s: %s", request.method, request.url.path, os_error_line(exc))
+        return JSONResponse({"detail": f"the server could not write its workspace ({exc.strerror or type(exc).__name__}, "
+                                       f"errno {exc.errno}); nothing was submitted"}, status_code=507)
 
     def auth(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if not settings.token:
@@ -89,14 +176,31 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
 
     @app.post("/jobs", status_code=201, tags=["jobs"], dependencies=guarded)
     def submit_job(req: JobRequest) -> dict[str, Any]:
-        """Submit a search job (queued; runs in the background). Returns its id."""
-        spec = job_spec(req, settings)
+        """Submit a search job (queued; runs in the background). Returns its id, and ``warnings``
+        (a randomly initialised backbone). The dataset and weights are opened before it is queued:
+        a bad file is a 422 naming it."""
+        limit = settings.limits.max_queued_jobs
+        if len(runner.queued()) >= limit:
+            raise HTTPException(429, f"{len(runner.queued())} jobs are queued: this server's limit is "
+                                     f"limits.max_queued_jobs = {limit} (wait, or cancel a queued job)")
+        created: list[Path] = []
         try:
-            job_id = jobs.submit(ws, spec)  # the job's checks run here, once
+            spec = job_spec(req, settings, created)
+            with collect_warnings() as notes:
+                job_id = jobs.submit(ws, spec)  # the job's checks and preflight run here, once
+        except WorkspaceUnusable as e:  # the server's disk, not the request
+            _remove(created)
+            raise HTTPException(507, f"{e}; nothing was submitted") from None
         except jobs.JobError as e:
+            _remove(created)
             raise HTTPException(422, str(e).removeprefix("<job>: ")) from None
+        except BaseException:
+            _remove(created)
+            raise
         runner.enqueue(job_id)
-        return {"id": job_id, "status": "queued", "url": f"/jobs/{job_id}"}
+        for note in notes:
+            log.warning("job %s: %s", job_id, note)
+        return {"id": job_id, "status": "queued", "url": f"/jobs/{job_id}", "warnings": notes}
 
     @app.get("/jobs", tags=["jobs"], dependencies=guarded)
     def list_jobs() -> dict[str, list[JobSummary]]:
@@ -166,7 +270,9 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
         existing(ws, job_id)
         if pick.startswith("trial="):
             valid_id(pick.removeprefix("trial="), "trial id")
-        with tempfile.TemporaryDirectory(prefix="promptsearch-export-") as tmp:
+        scratch = ws / "tmp"  # the bundle is built in the workspace (0700), not the shared system temp dir
+        scratch.mkdir(mode=0o700, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="export-", dir=scratch) as tmp:
             try:
                 folder, info = export_job(ws, job_id, pick, Path(tmp) / "bundle")
             except UnknownTrial as e:
@@ -197,6 +303,11 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=DASHBOARD), name="static")
     return app
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
 
 
 def _version() -> str:

@@ -45,7 +45,7 @@ def submit(workspace: Workspace | str | Path | None, spec: JobSpec, job_file: st
     ws = as_workspace(workspace)
     spec = resolve_paths(spec, base_dir)
     space = job_space(spec) if checked else check_job(spec)
-    preflight(spec)  # the dataset and weights open before anything is written (PreflightError names the file)
+    preflight(spec, ws)  # workspace space, dataset and weights checked before anything is written (names the file)
     job_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     d = ws.job_dir(job_id)
     (d / "weights").mkdir(parents=True)

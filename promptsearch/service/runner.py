@@ -5,7 +5,9 @@
 
 A killed server loses nothing: on start the runner runs the queued jobs and resumes the
 interrupted ones. Job subprocesses die with the server (Linux ``PR_SET_PDEATHSIG``), so a
-restarted server never races an orphan.
+restarted server never races an orphan. They start with umask 077 (job state, MLflow's store and
+Ray's files are the server user's alone) and without ``PROMPTSEARCH_API_TOKEN`` in their
+environment (nor, so, in the Ray daemons' and trial workers' that they start).
 """
 
 from __future__ import annotations
@@ -21,12 +23,22 @@ import threading
 import time
 
 from . import jobs
-from .settings import Settings
+from .settings import TOKEN_ENV, Settings, os_error_line
 
 log = logging.getLogger("promptsearch.service")
 
 
+PRIVATE_UMASK = 0o077  # new files 0600, new folders 0700
+
+
+def job_environment() -> dict[str, str]:
+    """The environment of a job process: the server's, less the API token (a job, its Ray daemons
+    and its trial workers never need it, and /proc/PID/environ would show it)."""
+    return {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
+    os.umask(PRIVATE_UMASK)
     try:
         import ctypes
 
@@ -155,7 +167,7 @@ class JobRunner:
             cmd.append("--resume-cancelled")
         with open(log_path, "ab") as out:
             return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    preexec_fn=_die_with_parent, close_fds=True)
+                                    preexec_fn=_die_with_parent, close_fds=True, env=job_environment())
 
 
 
@@ -170,6 +182,8 @@ def _run_main(argv: list[str]) -> int:
     p.add_argument("--workspace", required=True)
     p.add_argument("--resume-cancelled", action="store_true")
     a = p.parse_args(argv)
+    os.umask(PRIVATE_UMASK)
+    os.environ.pop(TOKEN_ENV, None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server's stop: die now, resume on its next start
     try:
@@ -177,6 +191,9 @@ def _run_main(argv: list[str]) -> int:
     except JobError as e:
         print(f"job {a.job}: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the workspace could not be written (read-only, full): one line, not a traceback
+        print(f"job {a.job}: error: {os_error_line(e)}", file=sys.stderr)
+        return 3
     print(f"job {a.job}: {status['status']} {status.get('message') or ''}")
     return 0 if status["status"] == "completed" else 1
 
