@@ -4,8 +4,8 @@ against the same N trials back to back in one process.
     nice python benchmarks/orchestration_overhead.py --trials 4 --image-size 64 --epochs 12
 
 Both sides run the same candidates (the random strategy's first N proposals for seed 0, which is
-what the job asks) with the same budget and threads; the job runs one trial at a time with all
-cores, like the loop. Ray is started first and timed apart, so the ratio is "once Ray has
+what the job asks) with the same budget and threads: one torch thread per CPU a trial reserves
+(``--cpus``, default 1 as in the default job; ``--threads`` overrides), the job one trial at a time. Ray is started first and timed apart, so the ratio is "once Ray has
 started". Printed: wall times, the ratio, and where the job's extra time goes (MLflow start,
 worker start-up before the first trial, per-trial dispatch gaps, shutdown).
 """
@@ -29,12 +29,14 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=4)
     p.add_argument("--image-size", type=int, default=64)  # MobileNetV2 at 64 px, 12 epochs: ~30 s a trial on 2 idle cores
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--cpus", type=float, default=1.0, help="CPUs a trial reserves (the job's resources.cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: one per reserved CPU)")
     p.add_argument("--data-root", default=os.environ.get("PROMPTSEARCH_DATA_ROOT", str(REPO.parent / "shared/data/medmnist")))
     p.add_argument("--weights", default=os.environ.get("PROMPTSEARCH_BACKBONE_WEIGHTS",
                                                        str(REPO.parent / "shared/weights/mobilenet_v2-b0353104.pth")))
     p.add_argument("--workspace", default=None, help="default: a fresh temporary folder")
     a = p.parse_args()
+    a.threads = a.threads or max(1, int(a.cpus))  # what dispatch.fit.trial_payload gives a trial
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
     import torch
@@ -51,11 +53,12 @@ def main() -> None:
         name="overhead", space="pixel", dataset="breastmnist", data_root=a.data_root,
         backbone={"name": "torchvision:mobilenet_v2", "image_size": a.image_size, "weights": a.weights},
         budget={"epochs": a.epochs, "threads": a.threads}, strategy="random", trials=a.trials, concurrency=1,
-        resources={"cpu": a.threads}, seed=0))
+        resources={"cpu": a.cpus}, seed=0))
     space = check_job(spec)  # the job's space, pins applied
     strategy = make_strategy("random", space, spec.objective_list, seed=spec.seed)
     candidates = [strategy.ask() for _ in range(a.trials)]
-    print(f"{a.trials} trials: MobileNetV2 {a.image_size} px, {a.epochs} epochs, {a.threads} threads, BreastMNIST")
+    print(f"{a.trials} trials: MobileNetV2 {a.image_size} px, {a.epochs} epochs, {a.cpus:g} CPU reserved, "
+          f"{a.threads} threads, BreastMNIST")
 
     # --- back to back in this process (dataset and backbone loaded once, like a worker's cache) ---
     torch.set_num_threads(a.threads)

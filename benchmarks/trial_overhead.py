@@ -3,8 +3,10 @@
     PROMPTSEARCH_DATA_ROOT=../shared/data/medmnist python benchmarks/trial_overhead.py --epochs 3
 
 Both train the same prompted model (same candidate, backbone, data, batch size, optimizer) for the
-same epochs. The bare loop does only forward/backward/step; the trial adds per-epoch validation,
-the latency probe, the final test evaluation and bookkeeping. Prints both and the ratio (aim <= 1.15).
+same epochs, with the threads a job's trial gets: one per CPU it reserves (``--cpus``, default 1 as
+in the default job; ``--threads`` overrides). The bare loop does only forward/backward/step; the
+trial adds per-epoch validation, the latency probe, the final test evaluation and bookkeeping.
+Prints both and the ratio (aim <= 1.15).
 """
 
 from __future__ import annotations
@@ -53,10 +55,12 @@ def main() -> None:
     ap.add_argument("--dataset", default="breastmnist")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cpus", type=float, default=1.0, help="CPUs a trial reserves (the job's resources.cpu)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: one per reserved CPU)")
     ap.add_argument("--weights", default="../shared/weights/mobilenet_v2-b0353104.pth")
     ap.add_argument("--repeats", type=int, default=2, help="best of N for each side")
     args = ap.parse_args()
+    args.threads = args.threads or max(1, int(args.cpus))  # what dispatch.fit.trial_payload gives a trial
     torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset, root=args.data_root)
     n_images = args.epochs * len(data.train)

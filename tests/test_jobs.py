@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from promptsearch.cli import app
 from promptsearch.service.jobs import cancel, job_status, job_trials, list_jobs, run_job, submit
-from promptsearch.search.records import JobState
+from promptsearch.search.state import JobWriter
 from promptsearch.search.workspace import Workspace, coordinator_alive
 from promptsearch.search.workspace import job_lock as _job_lock
 from promptsearch.jobs import JobError, JobSpec, load_job, parse_job, parse_override, resolve_paths, with_overrides
@@ -177,32 +177,52 @@ def test_lock_marks_a_live_coordinator(tmp_path, data_root, mobilenet_weights):
             run_job(ws, job_id)
     assert not coordinator_alive(ws, job_id)
     # a job whose coordinator died while running reads as interrupted
-    state = ws.read_state(job_id)
-    state.status, state.attempts = "running", 1
-    ws.write_state(state)
+    store = ws.store(job_id)
+    writer = JobWriter(store, store.static())
+    writer.open()
+    writer.emit("job", set={"status": "running", "attempts": 1})
+    writer.close()
     assert job_status(ws, job_id)["interrupted"]
 
 
-def test_state_reads_never_see_a_half_written_file(tmp_path):
+def test_reads_never_see_a_half_written_event(tmp_path, data_root, mobilenet_weights):
+    """Another process's reads (status, trials, front) while the coordinator appends events: never
+    an error, never a count that goes back, the records always consistent with the counts."""
+    from promptsearch.search.loop import SearchLoop
+    from promptsearch.trial import TrialResult
+
     ws = Workspace(tmp_path)
-    ws.job_dir("j").mkdir(parents=True)
-    ws.write_state(JobState(job_id="j"))
-    big = JobState(job_id="j", strategy_state={"blob": "x" * 200_000})
+    job_id = submit(ws, parse_job(_job_text(data_root, mobilenet_weights, trials=150, concurrency=3), "j.yaml"))
     errors: list[Exception] = []
+    seen: list[int] = []
+    done = threading.Event()
 
     def read() -> None:
-        for _ in range(300):
+        while not done.is_set():
             try:
-                json.loads((ws.job_dir("j") / "state.json").read_text())
+                s = job_status(ws, job_id)
+                seen.append(s["trials"]["finished"])
+                trials = job_trials(ws, job_id)
+                assert sum(t["status"] in ("completed", "failed") for t in trials) >= s["trials"]["finished"]
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
 
     t = threading.Thread(target=read)
     t.start()
-    for _ in range(300):
-        ws.write_state(big)
-    t.join()
-    assert errors == []
+    try:
+        loop = SearchLoop(ws, job_id, tracking=False)
+        metrics = {"auc": 0.8, "worst_class_recall": 0.5, "prompt_params": 100.0, "latency_ms": 2.0}
+        for i in range(150):
+            config = loop.ask(f"tune-{i}")
+            loop.epoch(config["trial_id"], {"epoch": 1.0, "val_auc": 0.7}, {"node_id": "n1"})
+            cand = job_trials(ws, job_id)[-1]["candidate"]
+            loop.tell(config["trial_id"], TrialResult(candidate=cand, status="completed",
+                                                      metrics={**metrics, "auc": 0.5 + i / 400}))
+    finally:
+        done.set()
+        t.join()
+    assert errors == [] and seen == sorted(seen) and len(seen) > 3
+    assert job_status(ws, job_id)["trials"]["finished"] == 150
 
 
 def test_long_workspace_paths_get_a_short_ray_tmpdir(tmp_path):
@@ -247,7 +267,10 @@ def test_the_loop_records_nan_objectives_and_missing_results_as_failures(tmp_pat
     configs = [loop.ask(f"tune-{i}") for i in range(3)]
     assert [c["trial_id"] for c in configs] == ["t0001", "t0002", "t0003"]
     assert loop.ask("tune-3") == FINISHED  # three in flight = the job's three trials
-    assert ws.read_state(job_id).strategy_state["asked"] == [c["genome"] for c in configs]  # on disk after every ask
+    # on disk after every ask: a coordinator started now restores the same strategy
+    assert [t["candidate"]["genome"] for t in job_trials(ws, job_id)] == [c["genome"] for c in configs]
+    again = SearchLoop(ws, job_id, tracking=False)
+    assert again.strategy.state_dict() == loop.strategy.state_dict()
     first = job_trials(ws, job_id)[0]
     metrics = {"auc": 0.8, "worst_class_recall": 0.5, "prompt_params": 100.0, "latency_ms": float("nan")}
     loop.tell("t0001", TrialResult(candidate=first["candidate"], status="completed", metrics=metrics))

@@ -1,8 +1,12 @@
-"""``promptsearch search | jobs | cancel | pareto | resume``: run and manage search jobs.
+"""``promptsearch search | jobs | cancel | pareto | resume | repair``: run and manage search jobs.
 
     promptsearch search jobs/breast_pixel.yaml --workspace ./promptsearch-runs
     promptsearch jobs
     promptsearch pareto <JOB> --json
+    promptsearch repair <JOB>
+
+``jobs`` and ``pareto`` read each job's small summary and front files (no torch, no numpy), so
+they answer as fast at 10,000 trials as at 10.
 """
 
 from __future__ import annotations
@@ -66,15 +70,15 @@ def render_status(s: dict[str, Any]) -> Group:
 
 
 def front_table(job_id: str, front: list[dict[str, Any]], objectives: list[dict[str, Any]]) -> Table:
+    """The front's validation objectives and architectures. No test-split column: test metrics
+    are for the one trial a user picks (the export bundle reports them), never for choosing."""
     t = Table(title=f"Pareto front of {job_id} ({len(front)} trial(s))")
     t.add_column("trial", no_wrap=True)
     for o in objectives:
         t.add_column(f"{o['name']} ({o['direction']})", justify="right")
-    t.add_column("test auc", justify="right")
     t.add_column("architecture", overflow="fold")
     for r in front:
-        t.add_row(r["trial_id"], *[_fmt(r["metrics"].get(o["name"])) for o in objectives],
-                  _fmt(r["test_metrics"].get("auc")), _arch(r["candidate"]))
+        t.add_row(r["trial_id"], *[_fmt(r["metrics"].get(o["name"])) for o in objectives], _arch(r["candidate"]))
     return t
 
 
@@ -176,13 +180,21 @@ def jobs(workspace: Optional[Path] = WorkspaceOpt,
     t.add_column("job", no_wrap=True)
     for c in ("status", "strategy", "space", "done", "failed", "running", "HV", "created"):
         t.add_column(c, justify="right" if c in ("done", "failed", "running", "HV") else "left")
+    corrupt = []
     for s in rows:
+        if s["status"] == "corrupt":
+            corrupt.append(s)
+            t.add_row(s["job_id"], "[red]corrupt[/]", "-", "-", "-", "-", "-", "-",
+                      time.strftime("%m-%d %H:%M", time.localtime(s["created_at"])))
+            continue
         status = s["status"] + (" (interrupted: resume)" if s["interrupted"] else "")
         tr = s["trials"]
         t.add_row(s["job_id"], status, s["strategy"], s["space"], f"{tr['finished']}/{tr['requested']}",
                   str(tr["failed"]), str(tr["running"]), f"{s['hypervolume']:.4f}",
                   time.strftime("%m-%d %H:%M", time.localtime(s["created_at"])))
     wide.print(t)
+    for s in corrupt:  # which file, why, and what to do
+        console.print(f"[red]corrupt[/] {s['job_id']}: {s['message']}", highlight=False, soft_wrap=True)
 
 
 def cancel(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = WorkspaceOpt,
@@ -196,7 +208,8 @@ def cancel(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), 
     try:
         status = cancel_job(ws, job_id)
         deadline = time.monotonic() + 120
-        while wait and status["status"] in ("running", "queued") and not status["interrupted"] and time.monotonic() < deadline:
+        while (wait and status["status"] in ("running", "queued", "cancelling") and not status["interrupted"]
+               and time.monotonic() < deadline):
             time.sleep(0.5)
             status = job_status(ws, job_id)
     except JobError as e:
@@ -206,19 +219,20 @@ def cancel(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), 
 
 def pareto(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = WorkspaceOpt,
            as_json: bool = typer.Option(False, "--json", help="Print the front's trial records as JSON.")) -> None:
-    """Print a job's Pareto front (so far, if it is still running)."""
+    """Print a job's Pareto front (so far, if it is still running): validation objectives only —
+    test metrics belong to the trial you pick (``promptsearch export``)."""
     from ..jobs import JobError
-    from ..service.jobs import job_front, job_status
+    from ..service.jobs import front_records
 
     ws, job_id = resolved(workspace, job)
     try:
-        front, status = job_front(ws, job_id), job_status(ws, job_id)
+        front, _, static = front_records(ws.store(job_id))
     except JobError as e:
         fail(str(e))
     if as_json:
-        print_json(front)
+        print_json([{k: v for k, v in r.items() if k != "test_metrics"} for r in front])
         return
-    wide.print(front_table(job_id, front, status["objectives"]))
+    wide.print(front_table(job_id, front, static["objectives"]))
 
 
 def resume(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = WorkspaceOpt,
@@ -229,6 +243,22 @@ def resume(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), 
     _run(ws, job_id, ray_address, True, as_json)
 
 
+def repair(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = WorkspaceOpt
+           ) -> None:
+    """Restore a corrupt job from its second copies and rebuild its derived files; says what it did."""
+    from ..jobs import JobError
+    from ..service.jobs import repair as repair_job
+
+    ws, job_id = resolved(workspace, job)
+    try:
+        done = repair_job(ws, job_id)
+    except JobError as e:
+        fail(str(e))
+    for line in done:
+        console.print(f"{job_id}: {line}", highlight=False, soft_wrap=True)
+    console.print(f"{job_id}: readable again; `promptsearch resume {job_id}` continues it if it was not finished")
+
+
 def register(app: typer.Typer) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     app.command("search")(search)
@@ -236,3 +266,4 @@ def register(app: typer.Typer) -> None:
     app.command("cancel")(cancel)
     app.command("pareto")(pareto)
     app.command("resume")(resume)
+    app.command("repair")(repair)

@@ -5,7 +5,9 @@
 ``Tuner.fit`` runs the trials; the one Searcher adapter (:mod:`.tune_adapter`) maps Tune's
 ``suggest`` onto :meth:`SearchLoop.ask` and ``on_trial_complete`` onto :meth:`SearchLoop.tell`.
 Each trial reserves the job's ``resources`` and runs ``promptsearch.dispatch.trainable.train_trial``
-with as many torch threads as CPUs it reserved (unless the budget says otherwise).
+with as many torch threads as CPUs it reserved (unless the budget says otherwise: the record's
+``threads`` says what the trial ran with); with ``reuse_actors`` one worker process per
+concurrent slot runs trial after trial.
 """
 
 from __future__ import annotations
@@ -41,32 +43,40 @@ def _check_nodes(loop: SearchLoop, nodes: list[dict[str, Any]]) -> None:
 
 
 def fit(loop: SearchLoop, address: str | None) -> None:
-    """Run the loop's remaining trials on Ray (local, or the cluster at ``address``) until it says stop."""
+    """Run the loop's remaining trials on Ray (local, or the cluster at ``address``) until it says
+    stop. A cancel that arrives while Ray starts is acted on as soon as Ray is up (before Tune
+    starts a trial), and one that arrived before it starts Ray at all."""
     import ray
     from ray import tune
 
     from .trainable import train_trial
     from .tune_adapter import ErrorReasons, JobStopper, StrategySearcher, trial_dirname
 
+    if loop.should_stop(now=True):
+        return
     t0 = time.perf_counter()
     with ray_session(loop.ws, address):
         loop.handle_signals()  # ray.init put its own SIGTERM handler over the loop's
         log.info("ray ready in %.1f s", time.perf_counter() - t0)
+        if loop.should_stop(now=True):
+            return
         nodes = [n for n in ray.nodes() if n["Alive"]]
-        loop.state.coordinator["nodes"] = [
-            {"node_id": n["NodeID"], "ip": n["NodeManagerAddress"], "resources": n["Resources"]} for n in nodes]
-        loop.save()
+        loop.set_nodes([{"node_id": n["NodeID"], "ip": n["NodeManagerAddress"], "resources": n["Resources"]}
+                        for n in nodes])
         _check_nodes(loop, nodes)
         searcher = StrategySearcher(loop)
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(train_trial, job=trial_payload(loop)), loop.spec.resources.ray()),
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=loop.spec.trials - loop.finished,
                                         max_concurrent_trials=loop.spec.concurrency,
-                                        reuse_actors=True,  # one worker process runs many trials
+                                        reuse_actors=True,  # one worker process per slot runs many trials
                                         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
             run_config=tune.RunConfig(
-                name=f"attempt-{loop.state.attempts}", storage_path=str(loop.ws.tune_dir / loop.job_id),
+                name=f"attempt-{loop.attempt}", storage_path=str(loop.ws.tune_dir / loop.job_id),
                 stop=JobStopper(loop), callbacks=[ErrorReasons(searcher)], verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0)),  # a failed trial is a result, not retried
         )
-        tuner.fit()
+        try:
+            tuner.fit()
+        finally:
+            searcher.flush_errors()  # an errored trial whose reason never came is still told

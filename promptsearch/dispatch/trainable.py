@@ -71,8 +71,22 @@ def _node() -> dict[str, Any]:
     return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
 
+def _release() -> None:
+    """Hand a finished trial's memory back: its model, optimizer and activations are garbage now
+    (cycles through hooks need the collector), and glibc keeps freed heap unless asked to return it."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def train_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     """Run one trial (Ray Tune function trainable; ``job`` comes from ``tune.with_parameters``)."""
+    import torch
     from ray import tune
 
     from ..backbones import BackboneSpec, build_backbone
@@ -96,14 +110,18 @@ def train_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     node = _node()
 
     def on_epoch(epoch: int, row: dict[str, float]) -> None:
+        node["threads"] = torch.get_num_threads()  # inside run_trial's thread scope: what the trial runs with
         tune.report({**row, "history_row": json.dumps(row), **node})
         if fault == "exit":
             os._exit(13)  # the worker process dies mid-trial, as an OOM kill or a segfault would
 
     weights = os.path.join(spec.weights_dir, f"{trial_id}.safetensors")
+    budget = Budget(**spec.budget)
     cpu0 = time.process_time()
-    result = run_trial(candidate, data, backbone, Budget(**spec.budget), seed=int(config["seed"]),
-                       on_epoch=on_epoch, weights_out=weights)
+    result = run_trial(candidate, data, backbone, budget, seed=int(config["seed"]), on_epoch=on_epoch,
+                       weights_out=weights)
     saved = weights if result.status == "completed" and os.path.exists(weights) else ""
     tune.report({"trial_result": json.dumps(result.model_dump()),  # json keeps NaN; pydantic would null it
                  "weights": saved, "cpu_time_s": time.process_time() - cpu0, **node})
+    del result
+    _release()  # the next trial in this process starts from the cached data and backbone only

@@ -4,9 +4,9 @@
 
 Like Ray's ``OptunaSearch``: ``suggest`` -> ``loop.ask`` (-> ``strategy.ask()``), ``on_trial_result``
 -> ``loop.epoch``, ``on_trial_complete`` -> ``loop.tell`` (-> ``strategy.tell()``; an errored trial
-is told as failed). Two hooks complete it: a Stopper that stops every trial when the job is
-cancelled or fails too often, and a Callback that hands Ray's error text of an errored trial to the
-loop. Strategies and the loop never see Ray: this package is where Ray lives.
+is told with Ray's error text: failed when the trial raised, preempted and re-run when its worker
+process died). Two hooks complete it: a Stopper that stops every trial when the job is cancelled
+or fails too often, and a Callback that hands Ray's error text of an errored trial over. Strategies and the loop never see Ray: this package is where Ray lives.
 """
 
 from __future__ import annotations
@@ -20,21 +20,28 @@ from ray.tune import Callback, Stopper
 from ray.tune.search import Searcher
 
 from ..results import TrialResult
-from ..search.loop import FINISHED, SearchLoop
+from ..search.loop import FINISHED, WORKER_DEATH, SearchLoop
 
 
 class StrategySearcher(Searcher):
-    """``suggest`` -> ask, ``on_trial_result`` -> epoch, ``on_trial_complete`` -> tell."""
+    """``suggest`` -> ask, ``on_trial_result`` -> epoch, ``on_trial_complete`` -> tell.
+
+    An errored trial is told once Ray's error text arrives (:class:`ErrorReasons`, called right
+    after ``on_trial_complete``): the loop needs it to tell a worker process that died (preempted,
+    re-run) from a trial that raised (failed)."""
 
     def __init__(self, loop: SearchLoop):
         super().__init__()
         self.loop = loop
         self.trials: dict[str, str] = {}  # Tune trial id -> the job's trial id
+        self.nodes: dict[str, dict[str, Any]] = {}  # Tune trial id -> where its last result came from
+        self.errored: list[str] = []  # Tune trial ids that errored, waiting for their error text
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # objectives come from the job, not from Tune's metric/mode
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        self.flush_errors()
         config = self.loop.ask(trial_id)
         if config is FINISHED:
             return Searcher.FINISHED
@@ -43,22 +50,35 @@ class StrategySearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if "history_row" in result and trial_id in self.trials:
-            self.loop.epoch(self.trials[trial_id], json.loads(result["history_row"]), node_info(result))
+            self.nodes[trial_id] = node_info(result)
+            self.loop.epoch(self.trials[trial_id], json.loads(result["history_row"]), self.nodes[trial_id])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ours = self.trials.get(trial_id)
         if ours is None:
             return
+        if error:
+            self.errored.append(trial_id)  # told by trial_error (or flush_errors)
+            return
         result = result or {}
         res = TrialResult.model_validate(json.loads(result["trial_result"])) if "trial_result" in result else None
-        self.loop.tell(ours, None if error else res, error="the trial errored in Ray" if error else None,
-                       node=node_info(result), weights=result.get("weights") or None)
+        self.loop.tell(ours, res, node=node_info(result), weights=result.get("weights") or None)
+
+    def trial_error(self, trial_id: str, text: str) -> None:
+        """Tell an errored trial with Ray's error text (an exception, or how its worker died)."""
+        if trial_id in self.errored:
+            self.errored.remove(trial_id)
+            self.loop.tell(self.trials[trial_id], None, error=text, node=self.nodes.get(trial_id))
+
+    def flush_errors(self) -> None:
+        for trial_id in list(self.errored):
+            self.trial_error(trial_id, "the trial errored in Ray")
 
     def __getstate__(self) -> dict:  # Tune pickles its searcher; the live loop stays here
         return {**self.__dict__, "loop": None}
 
-    def save(self, checkpoint_path: str) -> None:  # the job's state.json is the real checkpoint
-        Path(checkpoint_path).write_text(json.dumps({"state": str(self.loop.dir / "state.json")}))
+    def save(self, checkpoint_path: str) -> None:  # the job's event log is the real checkpoint
+        Path(checkpoint_path).write_text(json.dumps({"log": str(self.loop.dir / "events.jsonl")}))
 
     def restore(self, checkpoint_path: str) -> None:
         return None
@@ -70,8 +90,9 @@ def trial_dirname(trial: Any) -> str:
 
 
 def node_info(result: dict) -> dict[str, Any]:
-    """Where a trial ran (the trainable reports ``node_id`` and ``cpu_time_s``; Tune adds ``node_ip``, ``pid``)."""
-    return {k: result.get(k) for k in ("node_id", "node_ip", "pid", "cpu_time_s")}
+    """Where a trial ran (the trainable reports ``node_id``, ``threads`` and ``cpu_time_s``; Tune
+    adds ``node_ip``, ``pid``)."""
+    return {k: result.get(k) for k in ("node_id", "node_ip", "pid", "cpu_time_s", "threads")}
 
 
 class JobStopper(Stopper):
@@ -91,7 +112,7 @@ class JobStopper(Stopper):
 
 
 class ErrorReasons(Callback):
-    """Hands Ray's error text of an errored trial (an exception, or a dead worker) to the loop."""
+    """Hands Ray's error text of an errored trial (an exception, or a dead worker) to the searcher."""
 
     def __init__(self, searcher: StrategySearcher):
         self.searcher = searcher
@@ -100,9 +121,12 @@ class ErrorReasons(Callback):
         return {"searcher": None}
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        ours = self.searcher.trials.get(trial.trial_id)
-        if ours is not None:
-            self.searcher.loop.error_reason(ours, error_text(trial))
+        self.searcher.trial_error(trial.trial_id, error_text(trial))
+
+
+# Ray's words for a trial whose process went away under it (not the trial's own exception)
+DEATH_MARKERS = ("actor died", "worker process has died", "worker died", "ActorDiedError", "RayActorError",
+                 "running low on memory", "OutOfMemoryError", "NodeDiedError", "node died", "ActorUnavailableError")
 
 
 def error_text(trial: Any) -> str:
@@ -112,8 +136,8 @@ def error_text(trial: Any) -> str:
         text = Path(trial.error_file).read_text() if trial.error_file else ""
     text = text or str(getattr(trial, "error_msg", "") or "")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Failure #")]
-    if any("actor died" in ln or "worker process has died" in ln for ln in lines):
+    if any(m in ln for ln in lines for m in DEATH_MARKERS):  # the loop preempts these (WORKER_DEATH)
         detail = next((ln for ln in lines if "exit detail" in ln.lower()), "")
-        return f"worker process died: {detail or lines[0]}"[:2000]
+        return f"{WORKER_DEATH}: {detail or lines[0]}"[:2000]
     exc = [ln for ln in lines if not ln.startswith(("File ", "^", "\x1b", "ray::")) and ": " in ln]
     return (exc[-1] if exc else (lines[-1] if lines else "the trial errored in Ray"))[:2000]

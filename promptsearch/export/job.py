@@ -3,7 +3,7 @@
     promptsearch export JOB --pick knee --out exported/ --workspace promptsearch-runs
 
 :func:`export_job` reads the job only through :func:`promptsearch.search.workspace.as_workspace`
-(``resolve``, ``read_job``, ``read_state``): never the coordinator or the API.
+(``resolve``, ``read_job``, ``store(job).read_trials()``): never the coordinator or the API.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
     job = ws.read_job(job_id)
     spec = JobSpec.model_validate(job["spec"])
     objectives = spec.objective_list
-    trials = [t.model_dump(mode="json") for t in ws.read_state(job_id).trials]
+    trials = ws.store(job_id).read_trials()  # the job's records (its event log, or an old state.json)
     if not any(t["status"] == "completed" for t in trials):
         raise NothingToExport(f"job {job_id} has no finished trial to export yet "
                           f"({len(trials)} trial(s): {', '.join(sorted({t['status'] for t in trials})) or 'none started'})")

@@ -1,12 +1,16 @@
-"""The search loop: one coordinator run of one job — the strategy's ask/tell, the trial records on
-disk, MLflow — with no Ray in it (the dispatcher drives it).
+"""The search loop: one coordinator run of one job — the strategy's ask/tell, the job's event log,
+MLflow — with no Ray in it (the dispatcher drives it).
 
     python -c "from promptsearch.search.loop import SearchLoop; help(SearchLoop.run)"
 
-The loop owns the job's state: after every ask, epoch and tell it writes ``state.json``
-atomically (strategy ``state_dict`` + trial records), so a coordinator killed at any point resumes
-exactly: finished trials are kept, trials that were in flight are recorded ``preempted`` and
-re-queued.
+Every change is one event appended to the job's log (:mod:`.state`): O(1) per ask, epoch and
+tell whatever the job's size. The strategy's state goes into a snapshot every
+``SNAPSHOT_EVENTS`` events or ``SNAPSHOT_S`` seconds (and at every status change), without the
+history the log already holds; a resume restores the newest snapshot, rebuilds the strategy's
+bookkeeping from the log and replays only the asks and tells after it. The Pareto front and its
+hypervolume are kept as trials finish (:class:`~.front.Front`). A coordinator killed at any point
+resumes exactly: finished trials are kept, trials that were in flight are recorded ``preempted``
+and re-queued.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from typing import Any, Literal
 from ..jobs import JobError, JobSpec
 from ..metrics import clean_metrics
 from ..results import TrialResult, finite_rows
+from .front import Front
 from .records import TrialRecord
+from .state import JobStore, JobWriter, static_info
 from .summary import job_summary
 from .workspace import Workspace, cancel_requested
 
@@ -32,60 +38,123 @@ log = logging.getLogger("promptsearch.search")
 FINISHED = None  # what SearchLoop.ask returns when the job needs no more trials
 Progress = Callable[[dict[str, Any]], None]
 Fit = Callable[["SearchLoop", "str | None"], None]  # drives the trials: promptsearch.dispatch.fit.fit
+MAX_WORKER_DEATHS = 3  # a candidate whose worker dies this many times is failed, not re-run again
+WORKER_DEATH = "worker process died"  # how the dispatcher's error text starts when the process running a trial died
+
+
+class ReplayMismatch(RuntimeError):
+    """Replaying the log through a restored strategy proposed something else than was recorded."""
 
 
 class SearchLoop:
     """One coordinator run of one job: the strategy, the records, MLflow. Knows no Ray or Tune:
     :meth:`run` is handed the function that drives the trials (``promptsearch.dispatch.fit``), whose
     adapters translate Tune's calls into :meth:`ask`, :meth:`epoch`, :meth:`tell` (and
-    :meth:`should_stop`, :meth:`error_reason`)."""
+    :meth:`should_stop`).
 
-    def __init__(self, ws: Workspace, job_id: str, progress: Progress | None = None, started: float | None = None):
+    ``tracking=False`` keeps no MLflow record (the scale benchmark measures the job's own
+    persistence with it)."""
+
+    def __init__(self, ws: Workspace, job_id: str, progress: Progress | None = None, started: float | None = None,
+                 tracking: bool = True):
         from ..space import SearchSpace, SpaceFile
-        from ..strategies import make_strategy
 
-        self.ws, self.job_id, self.progress = ws, job_id, progress
+        self.ws, self.job_id, self.progress, self.tracking = ws, job_id, progress, tracking
         self.started = time.time() if started is None else started
         self.dir = ws.job_dir(job_id)
-        self.job = ws.read_job(job_id)
+        store = JobStore(self.dir, job_id)
+        self.job = store.read_record()
         self.spec = JobSpec.model_validate(self.job["spec"])
         self.space = SearchSpace(SpaceFile.model_validate(self.job["space"]), f"job {job_id}")
         if self.space.hash != self.job["space_hash"]:
             raise JobError(f"job {job_id}: stored space hash {self.job['space_hash']} != {self.space.hash}")
         self.objectives = self.spec.objective_list
-        self.state = ws.read_state(job_id)
-        self.strategy = make_strategy(self.spec.strategy, self.space, self.objectives, seed=self.spec.seed,
-                                      **self.spec.strategy_kwargs)
-        if self.state.strategy_state is not None:
-            self.strategy.load_state_dict(self.state.strategy_state)
-        self.by_id = {t.trial_id: t for t in self.state.trials}
+        self.static = static_info(self.job)
+        self.front = Front(self.objectives)
+        t0 = time.perf_counter()
+        self.writer = JobWriter(store, self.static)
+        self.view = self.writer.open(front=self.front, history=True)  # running trials only, counts, front
+        history, self.view.history = self.view.history or [], None
+        self.degraded: str | None = None  # why the strategy could not be restored exactly
+        self.strategy = self._restore_strategy(store, history)
+        self.restore_s = time.perf_counter() - t0
         self.stop_reason: Literal["cancelled", "interrupted", "failed"] | None = None
         self.tracker = None
         self._cancel_checked = 0.0
 
-    # bookkeeping
+    # --- the strategy, restored from a snapshot and the log -------------------------------------------
+    def _new_strategy(self):
+        from ..strategies import make_strategy
+
+        return make_strategy(self.spec.strategy, self.space, self.objectives, seed=self.spec.seed,
+                             **self.spec.strategy_kwargs)
+
+    def _restore_strategy(self, store: JobStore, history: list[tuple]):
+        """The newest snapshot that replays cleanly (its history from the log, then the asks and
+        tells after it through the strategy itself), else a replay of the whole log from a fresh
+        strategy, else (a strategy that no longer reproduces its asks) only its bookkeeping."""
+        from ..strategies import StrategyError
+
+        for snap in store.snapshots():
+            s = self._new_strategy()
+            try:
+                s.load_state_dict(snap["strategy"], history=[h[1:] for h in history if h[0] <= snap["seq"]])
+                _replay(s, [h for h in history if h[0] > snap["seq"]])
+                return s
+            except (StrategyError, ReplayMismatch, KeyError, TypeError, ValueError) as e:
+                log.warning("job %s: strategy snapshot at event %s not usable (%s): trying an older one",
+                            self.job_id, snap["seq"], e)
+        s = self._new_strategy()
+        try:
+            _replay(s, history)
+            return s
+        except (StrategyError, ReplayMismatch, KeyError, ValueError) as e:
+            self.degraded = f"the strategy could not be replayed ({e}): it restarts, knowing every asked candidate"
+            log.warning("job %s: %s", self.job_id, self.degraded)
+        s = self._new_strategy()
+        s.load_state_dict(s.state_dict(history=False), history=[h[1:] for h in history])
+        return s
+
+    def _snapshot(self) -> None:
+        self.writer.write_snapshot(self.strategy.state_dict(history=False))
+
+    # --- bookkeeping -----------------------------------------------------------------------------------
     @property
     def finished(self) -> int:
-        return sum(1 for t in self.state.trials if t.status in ("completed", "failed"))
+        return self.view.finished
 
     @property
     def failed(self) -> int:
-        return sum(1 for t in self.state.trials if t.status == "failed")
+        return self.view.counts["failed"]
 
     @property
-    def in_flight(self) -> list[TrialRecord]:
-        return [t for t in self.state.trials if t.status == "running"]
+    def attempt(self) -> int:
+        return self.view.job["attempts"]
 
-    def save(self, strategy: bool = False) -> None:
-        """Write the state (with the strategy's, when ``strategy``) and tell the progress callback."""
-        if strategy:
-            self.state.strategy_state = self.strategy.state_dict()
-        self.ws.write_state(self.state)
+    @property
+    def in_flight(self) -> list[dict[str, Any]]:
+        return self.view.running()
+
+    def summary(self) -> dict[str, Any]:
+        return job_summary(self.static, self.view, True)
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        """One event: appended, applied, shown; a strategy snapshot when one is due."""
+        self.writer.emit(kind, **fields)
+        if self.writer.snapshot_due():
+            self._snapshot()
         if self.progress is not None:
             try:
-                self.progress(job_summary(self.job, self.state, True))
+                self.progress(self.summary())
             except Exception as e:  # noqa: BLE001 - a display must not stop the job
                 log.warning("progress callback failed: %s", e)
+
+    def _set(self, **fields: Any) -> None:
+        self._emit("job", set=fields)
+
+    def set_nodes(self, nodes: list[dict[str, Any]]) -> None:
+        """The Ray nodes this run sees (the dispatcher reports them once Ray is up)."""
+        self._set(coordinator={**(self.view.job["coordinator"] or {}), "nodes": nodes})
 
     def _track(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """MLflow calls never take a job down: a failure is logged and counted."""
@@ -95,31 +164,36 @@ class SearchLoop:
             return fn(*args)
         except Exception as e:  # noqa: BLE001 - the record on disk stays complete
             log.warning("MLflow %s failed: %s", what, e)
-            self.state.mlflow["errors"] = self.state.mlflow.get("errors", 0) + 1
+            if self.writer.broken is None:
+                m = dict(self.view.job["mlflow"])
+                m["errors"] = m.get("errors", 0) + 1
+                self._set(mlflow=m)
             return None
 
-    def _preempt(self, t: TrialRecord, reason: str) -> None:
+    def _preempt(self, t: dict[str, Any], reason: str, node: dict[str, Any] | None = None, deaths: int = 0) -> None:
         """An unfinished trial: recorded ``preempted`` (not failed) and its candidate re-queued."""
-        t.status, t.reason, t.finished_at = "preempted", reason, time.time()
-        self.state.requeue.append({"candidate": t.candidate, "from": t.trial_id})
-        if t.mlflow_run_id and self.tracker is not None:
-            self._track("preempt", self.tracker.end_trial, t.mlflow_run_id, t.model_dump())
+        self._emit("preempt", id=t["trial_id"], reason=reason, node=_changed(t, node), requeue=True, deaths=deaths)
+        if t.get("mlflow_run_id") and self.tracker is not None:
+            self._track("preempt", self.tracker.end_trial, t["mlflow_run_id"], t)
 
-    # the run
+    # --- the run -----------------------------------------------------------------------------------------
     def run(self, fit: Fit, ray_address: str | None = None) -> None:
         """Run the job's remaining trials through ``fit(loop, address)`` and record how it ended."""
-        st = self.state
-        st.attempts += 1
         address = ray_address or self.spec.ray_address
-        st.coordinator = {"pid": os.getpid(), "host": socket.gethostname(), "attempt": st.attempts,
-                          "ray_address": address or "local", "started_at": time.time()}
-        self._start_tracking()
+        attempt = self.attempt + 1
+        if self.tracking:
+            self._start_tracking()
         for t in self.in_flight:  # the previous coordinator died with these in flight
-            self._preempt(t, f"coordinator stopped before the trial finished (attempt {t.attempt})")
-        st.status, st.message = "running", None
-        st.started_at = st.started_at or time.time()
-        st.finished_at = None
-        self.save(strategy=True)
+            self._preempt(t, f"coordinator stopped before the trial finished (attempt {t['attempt']})")
+        coordinator = {"pid": os.getpid(), "host": socket.gethostname(), "attempt": attempt,
+                       "ray_address": address or "local", "started_at": time.time(),
+                       "cancel_since": self.started}  # cancel requests from then on are this run's
+        if self.degraded:
+            coordinator["degraded"] = self.degraded
+        self._set(attempts=attempt, coordinator=coordinator, status="running", message=None,
+                  started_at=self.view.job["started_at"] or time.time(), finished_at=None,
+                  **({"mlflow": self._mlflow} if self.tracker is not None else {}))
+        self._snapshot()
         error: BaseException | None = None
         try:
             if self.finished < self.spec.trials and self.failed < self.spec.failure_limit:
@@ -179,67 +253,75 @@ class SearchLoop:
         t0 = time.perf_counter()
         try:
             self.tracker = Tracker(uri, artifacts)
-            m = self.state.mlflow
+            m = dict(self.view.job["mlflow"])
             m["tracking_uri"] = uri
             m["experiment_id"] = self.tracker.experiment(self.space.name, self.space.hash)
             m["experiment_name"] = experiment_name(self.space.name, self.space.hash)
             m["parent_run_id"] = self.tracker.start_job(m["experiment_id"], self.job_id, self.job["spec"],
                                                         self.space.hash, m.get("parent_run_id"))
         except Exception as e:  # noqa: BLE001
+            self.tracker = None
             raise JobError(f"MLflow tracking at {uri} is not usable: {e}") from e
+        self._mlflow = m
         log.info("MLflow ready in %.1f s", time.perf_counter() - t0)
 
     def _finish(self, error: BaseException | None) -> None:
-        st = self.state
+        if self.writer.broken is not None:  # the log cannot take more: it says running, a resume continues
+            self._end_tracking("interrupted", f"the job's log could not be written: {self.writer.broken}")
+            self.writer.close()
+            return
         cancelled = self.stop_reason == "cancelled" or cancel_requested(self.ws, self.job_id, self.started)
         for t in self.in_flight:
             self._preempt(t, self._stop_text())
-        last = next((t.reason for t in reversed(st.trials) if t.status == "failed"), "") or "?"
+        failure = self.view.last_failure
+        last = ((failure[1] if failure else "") or "?").splitlines()[0]
         if self.finished >= self.spec.trials and self.failed == self.finished:
-            st.status = "failed"  # nothing to show for it: no front, nothing to export
-            st.message = f"all {self.failed} trials failed; last failure: {last.splitlines()[0]}"
+            status = "failed"  # nothing to show for it: no front, nothing to export
+            message = f"all {self.failed} trials failed; last failure: {last}"
         elif self.finished >= self.spec.trials:
-            st.status, st.message = "completed", None
+            status, message = "completed", None
         elif self.stop_reason == "failed" or self.failed >= self.spec.failure_limit:
-            st.status = "failed"
-            st.message = (f"stopped: {self.failed} trials failed (max_failures={self.spec.failure_limit}); "
-                          f"last failure: {last.splitlines()[0]}")
+            status = "failed"
+            message = (f"stopped: {self.failed} trials failed (max_failures={self.spec.failure_limit}); "
+                       f"last failure: {last}")
         elif cancelled:
-            st.status, st.message = "cancelled", "cancelled; `promptsearch resume` continues it"
+            status, message = "cancelled", "cancelled; `promptsearch resume` continues it"
         elif isinstance(error, KeyboardInterrupt) or error is None or self.stop_reason == "interrupted":
-            st.status = "interrupted"  # a signal (Ctrl-C, SIGTERM): resumable like a crash, not a user's cancel
-            st.message = f"interrupted after {self.finished} of {self.spec.trials} trials; `promptsearch resume` continues it"
+            status = "interrupted"  # a signal (Ctrl-C, SIGTERM): resumable like a crash, not a user's cancel
+            message = f"interrupted after {self.finished} of {self.spec.trials} trials; `promptsearch resume` continues it"
         else:
-            st.status = "failed"
-            st.message = str(error) if isinstance(error, JobError) else f"coordinator error: {type(error).__name__}: {error}"
-        st.finished_at = time.time()
-        st.coordinator = {**(st.coordinator or {}), "ended_at": time.time()}
-        self._end_tracking()
-        self.save(strategy=True)
+            status = "failed"
+            message = str(error) if isinstance(error, JobError) else f"coordinator error: {type(error).__name__}: {error}"
+        self._end_tracking(status, message)
+        self._set(status=status, message=message, finished_at=time.time(),
+                  coordinator={**(self.view.job["coordinator"] or {}), "ended_at": time.time()})
+        self._snapshot()
+        self.writer.close()
 
-    def _end_tracking(self) -> None:
-        m = self.state.mlflow
+    def _end_tracking(self, status: str, message: str | None) -> None:
+        m = self.view.job["mlflow"]
         if self.tracker is None or not m.get("parent_run_id"):
             return
-        from ..objectives import pareto_front
-
-        trials = [t.model_dump(mode="json") for t in self.state.trials]
-        front = [trials[i] for i in pareto_front(trials, self.objectives)]
+        front = self.front.records()
         for t in front:
             if t["weights"] and t["mlflow_run_id"] and Path(t["weights"]).exists():
                 self._track("weights", self.tracker.log_weights, t["mlflow_run_id"], t["weights"])
         summary = [{"trial_id": t["trial_id"], "architecture": t["candidate"]["architecture"],
                     "genome": t["candidate"]["genome"], "metrics": t["metrics"], "test_metrics": t["test_metrics"],
                     "mlflow_run_id": t["mlflow_run_id"]} for t in front]
-        self._track("end_job", self.tracker.end_job, m["parent_run_id"], self.state.status, self.state.message,
-                    self.dir / "job.yaml", summary, self.state.hypervolume)
+        curve = self.writer.store.read_curve(self.finished) or []
+        self._track("end_job", self.tracker.end_job, m["parent_run_id"], status, message,
+                    self.dir / "job.yaml", summary, [(n, hv) for n, hv, _ in curve])
 
     # --- what the Tune adapters call ------------------------------------------------------------------------
-    def should_stop(self) -> bool:
-        """Polled every Tune step: a cancel request, or too many failures."""
-        now = time.monotonic()
-        if self.stop_reason is None and now - self._cancel_checked > 0.5:
-            self._cancel_checked = now
+    def should_stop(self, now: bool = False) -> bool:
+        """Polled every Tune step (the cancel file at most twice a second; ``now``: look now):
+        a cancel request, a signal, or too many failures."""
+        t = time.monotonic()
+        if self.writer.broken is not None:
+            return True  # nothing more can be recorded
+        if self.stop_reason is None and (now or t - self._cancel_checked > 0.5):
+            self._cancel_checked = t
             if cancel_requested(self.ws, self.job_id, self.started):
                 self.stop_reason = "cancelled"
         return self.stop_reason is not None
@@ -253,97 +335,113 @@ class SearchLoop:
         ``None`` (:data:`FINISHED`) when the job needs no more trials."""
         from ..space import Candidate
 
-        if self.should_stop() or self.finished + len(self.in_flight) >= self.spec.trials:
+        view = self.view
+        if self.should_stop() or self.finished + view.counts["running"] >= self.spec.trials:
             return FINISHED
-        st = self.state
-        if st.requeue:
-            item = st.requeue.pop(0)
+        if view.requeue:
+            item = view.requeue[0]
             candidate, requeued_from = Candidate.from_json(self.space, item["candidate"]), item["from"]
         else:
             candidate, requeued_from = self.strategy.ask(), None
-        record = TrialRecord(trial_id=f"t{st.next_index:04d}", index=st.next_index, candidate=candidate.to_json(),
-                             seed=self.spec.seed, attempt=st.attempts, requeued_from=requeued_from,
-                             tune_trial_id=tune_trial_id)
-        st.next_index += 1
-        config = {"trial_id": record.trial_id, "genome": list(candidate.genome), "seed": record.seed}
-        m = st.mlflow
+        record = TrialRecord(trial_id=f"t{view.next_index:04d}", index=view.next_index, candidate=candidate.to_json(),
+                             seed=self.spec.seed, attempt=self.attempt, requeued_from=requeued_from,
+                             tune_trial_id=tune_trial_id).model_dump(mode="json")
+        config = {"trial_id": record["trial_id"], "genome": list(candidate.genome), "seed": record["seed"]}
+        m = view.job["mlflow"]
         if self.tracker is not None:
-            trial_config = {**config, "job_id": self.job_id, "candidate": record.candidate,
+            trial_config = {**config, "job_id": self.job_id, "candidate": record["candidate"],
                             "backbone": self.job["spec"]["backbone"], "budget": self.job["spec"]["budget"],
                             "dataset": self.spec.dataset}
-            record.mlflow_run_id = self._track("start_trial", self.tracker.start_trial, m["experiment_id"],
-                                               m["parent_run_id"], self.job_id, self.spec.strategy, self.space.hash,
-                                               record.model_dump(), trial_config)
-        st.trials.append(record)
-        self.by_id[record.trial_id] = record
-        self.save(strategy=True)
+            record["mlflow_run_id"] = self._track("start_trial", self.tracker.start_trial, m["experiment_id"],
+                                                  m["parent_run_id"], self.job_id, self.spec.strategy, self.space.hash,
+                                                  record, trial_config)
+        self._emit("ask", trial=record)
         return config
 
     def epoch(self, trial_id: str, row: dict[str, float], node: dict[str, Any]) -> None:
         """One epoch's validation metrics of a running trial."""
-        t = self.by_id.get(trial_id)
-        if t is None or t.status != "running":
+        t = self.view.trials.get(trial_id)
+        if t is None or t["status"] != "running":
             return
-        t.history.append(clean_metrics(row))
-        _where(t, node)
-        if t.mlflow_run_id:
-            self._track("log_epoch", self.tracker.log_epoch, t.mlflow_run_id, row)
-        self.save()
+        self._emit("epoch", id=trial_id, row=clean_metrics(row), node=_changed(t, node))
+        if t.get("mlflow_run_id"):
+            self._track("log_epoch", self.tracker.log_epoch, t["mlflow_run_id"], row)
 
     def tell(self, trial_id: str, result: Any | None, error: str | None = None,
              node: dict[str, Any] | None = None, weights: str | None = None) -> None:
         """A trial ended: ``result`` is its ``TrialResult`` (None if it ended without one);
-        ``error`` is set when Ray reports the trial errored (the worker raised or died)."""
-        from ..objectives import hypervolume
-
-        t = self.by_id.get(trial_id)
-        if t is None or t.status != "running":
+        ``error`` is set when Ray reports the trial errored. A trial whose worker process died
+        (``error`` starts with "worker process died": killed for memory, a lost node) is
+        infrastructure, not the candidate: it is preempted and re-run, and counts as failed only
+        when its candidate's worker died :data:`MAX_WORKER_DEATHS` times."""
+        t = self.view.trials.get(trial_id)
+        if t is None or t["status"] != "running":
             return
-        node = node or {}
-        _where(t, node)
         if result is None and self.should_stop():  # stopped (or killed by the same Ctrl-C) as the job stops
-            self._preempt(t, self._stop_text())
-            self.save()
+            self._preempt(t, self._stop_text(), node)
             return
+        if result is None and error and error.startswith(WORKER_DEATH):
+            deaths = self.view.deaths.get(trial_id, 0) + 1
+            if deaths < MAX_WORKER_DEATHS:
+                self._preempt(t, error, node, deaths=deaths)
+                return
+            error = f"{error} (the worker died in {deaths} runs of this candidate)"
         if result is None and error is None:
             error = "the trial ended without reporting a result"
         if result is None:
-            result = TrialResult.failed(t.candidate, error, history=finite_rows(t.history), seed=t.seed)
+            result = TrialResult.failed(t["candidate"], error, history=finite_rows(t["history"]), seed=t["seed"])
         else:
             result = result.checked(o.name for o in self.objectives)
-        self.strategy.tell(t.candidate["key"], result)
-        t.status = "completed" if result.status == "completed" else "failed"
-        t.reason, t.metrics, t.test_metrics = result.reason, clean_metrics(result.metrics), clean_metrics(result.test_metrics)
+        self._tell_strategy(t["candidate"]["key"], result)
+        now = time.time()
+        fields: dict[str, Any] = {"status": "completed" if result.status == "completed" else "failed",
+                                  "reason": result.reason, "metrics": clean_metrics(result.metrics),
+                                  "test_metrics": clean_metrics(result.test_metrics), "finished_at": now,
+                                  "wall_time_s": result.wall_time_s or (now - t["started_at"]),
+                                  "weights": weights if (weights and result.status == "completed") else None,
+                                  **_changed(t, node)}
         if result.history:
-            t.history = [clean_metrics(h) for h in result.history]
-        t.finished_at = time.time()
-        t.wall_time_s = result.wall_time_s or (t.finished_at - t.started_at)
-        t.weights = weights if (weights and t.status == "completed") else None
-        trials = [x.model_dump(mode="json") for x in self.state.trials]
-        hv = hypervolume(trials, self.objectives)
-        self.state.hypervolume.append((self.finished, hv))
-        if t.mlflow_run_id:
-            self._track("end_trial", self.tracker.end_trial, t.mlflow_run_id, t.model_dump())
+            history = [clean_metrics(h) for h in result.history]
+            if history != t["history"]:
+                fields["history"] = history
+        record = {**t, **fields}
+        finished = self.finished + 1
+        changed = fields["status"] == "completed" and self.front.add(record)
+        hv = self.front.hypervolume
+        self._emit("tell", id=trial_id, set=fields, hv=[finished, hv], **({"front": True} if changed else {}))
+        self.writer.append_curve([finished, hv, trial_id])
+        if changed:
+            self.writer.write_front(self.front)
+        if record.get("mlflow_run_id"):
+            self._track("end_trial", self.tracker.end_trial, record["mlflow_run_id"], record)
             counts = {"completed": self.finished - self.failed, "failed": self.failed}
-            self._track("job_progress", self.tracker.job_progress, self.state.mlflow["parent_run_id"],
+            self._track("job_progress", self.tracker.job_progress, self.view.job["mlflow"]["parent_run_id"],
                         self.finished, hv, counts)
         if self.failed >= self.spec.failure_limit and self.finished < self.spec.trials:
             self.stop_reason = "failed"
-        self.save(strategy=True)
 
-    def error_reason(self, trial_id: str, reason: str) -> None:
-        """Ray's error text for an errored trial (arrives just after :meth:`tell`)."""
-        t = self.by_id.get(trial_id)
-        if t is None or t.status != "failed":
-            return
-        t.reason = reason
-        if t.mlflow_run_id:
-            self._track("set_reason", self.tracker.set_reason, t.mlflow_run_id, reason)
-        self.save()
+    def _tell_strategy(self, key: str, result: TrialResult) -> None:
+        from ..strategies import StrategyError
+
+        try:
+            self.strategy.tell(key, result)
+        except (StrategyError, KeyError) as e:
+            if not self.degraded:
+                raise
+            log.warning("job %s: the restarted strategy cannot learn from %s: %s", self.job_id, key, e)
 
 
-def _where(t: TrialRecord, node: dict[str, Any]) -> None:
-    """Where (and with how much CPU) a trial ran: the fields the dispatcher reports."""
-    for key, value in node.items():
-        if value is not None:
-            setattr(t, key, value)
+def _changed(t: dict[str, Any], node: dict[str, Any] | None) -> dict[str, Any]:
+    """The fields of ``node`` (where, and with how much CPU, a trial ran) that are new for ``t``."""
+    return {k: v for k, v in (node or {}).items() if v is not None and t.get(k) != v}
+
+
+def _replay(strategy: Any, events: list[tuple]) -> None:
+    """Asks and tells through the strategy itself, each ask checked against the recorded genome."""
+    for ev in events:
+        if ev[1] == "ask":
+            got = strategy.ask().genome
+            if tuple(got) != tuple(ev[2]):
+                raise ReplayMismatch(f"event {ev[0]}: the strategy proposed {list(got)}, the log has {list(ev[2])}")
+        else:
+            strategy.tell(ev[2], ev[3])

@@ -1,4 +1,4 @@
-"""What a job persists: its trial records and its state, as plain JSON-able pydantic models.
+"""What a job records: its trial records and its state, as plain JSON-able pydantic models.
 
     python -c "from promptsearch.search.records import JobState; print(JobState(job_id='x').model_dump_json())"
 """
@@ -33,6 +33,7 @@ class TrialRecord(BaseModel):
     node_ip: str | None = None
     pid: int | None = None
     cpu_time_s: float | None = None  # the worker process's CPU time for the trial
+    threads: int | None = None  # torch intra-op threads the trial ran with (one per reserved CPU by default)
     tune_trial_id: str | None = None
     mlflow_run_id: str | None = None
     weights: str | None = None  # safetensors file of prompt + head (completed trials)
@@ -42,7 +43,9 @@ class TrialRecord(BaseModel):
 
 
 class JobState(BaseModel):
-    """``state.json``: everything that changes while a job runs (written atomically)."""
+    """Everything that changes while a job runs, whole: format 1 kept it in ``state.json``
+    (rewritten after every event); format 2 keeps an event log (:mod:`.state`), and
+    ``Workspace.read_state`` rebuilds this from it."""
 
     version: int = STATE_VERSION
     job_id: str

@@ -1,47 +1,53 @@
 """A job's status as one small dict: what ``promptsearch jobs``, the API and the live view show.
 
     python -c "from promptsearch.service.jobs import list_jobs; print(list_jobs('promptsearch-runs'))"
+
+Built from the job's :class:`~.state.Replay` without finished trials (``summary.json`` plus the
+events after it), so it costs O(running trials), not O(trials). Two statuses exist only here,
+never on disk: ``cancelling`` (a cancel was requested and the coordinator is stopping the job) and
+``corrupt`` (the job's files cannot be read: ``corrupt`` says which file and why).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..jobs import JobSpec
-from .records import JobState
+from .state import CorruptJob, Replay
 
 
-def job_summary(job: dict[str, Any], state: JobState, alive: bool | None) -> dict[str, Any]:
+def job_summary(static: dict[str, Any], view: Replay, alive: bool | None) -> dict[str, Any]:
     """Status, trial counts, best value per objective, hypervolume and running trials of a job;
     ``alive``: whether its coordinator holds the lock (None: not asked), which makes ``interrupted``."""
-    from ..objectives import usable_indices
-
-    spec = JobSpec.model_validate(job["spec"])
-    objectives = spec.objective_list
-    counts = {s: sum(1 for t in state.trials if t.status == s) for s in ("completed", "failed", "preempted", "running")}
-    trials = [t.model_dump(mode="json") for t in state.trials]
-    usable = [trials[i] for i in usable_indices(trials, objectives)]
-    best = {}
-    for o in objectives:
-        values = [t["metrics"][o.name] for t in usable]
-        if values:
-            best[o.name] = max(values) if o.maximise else min(values)
-    interrupted = state.status == "interrupted" or (
-        state.status in ("running", "queued") and alive is False and state.attempts > 0)
+    j = view.job
+    interrupted = j["status"] == "interrupted" or (
+        j["status"] in ("running", "queued") and alive is False and j["attempts"] > 0)
+    counts = view.counts
     return {
-        "job_id": state.job_id, "name": spec.name, "status": state.status, "message": state.message,
+        "job_id": static["job_id"], "name": static["name"], "status": j["status"], "message": j["message"],
         "interrupted": interrupted,  # the coordinator is gone: `promptsearch resume` continues it
-        "strategy": spec.strategy, "space": job["space_name"], "space_hash": job["space_hash"],
-        "dataset": spec.dataset, "backbone": spec.backbone.name,
-        "trials": {"requested": spec.trials, "finished": counts["completed"] + counts["failed"], **counts},
-        "concurrency": spec.concurrency, "failure_limit": spec.failure_limit,
-        "objectives": [o.model_dump() for o in objectives],
-        "best": best, "hypervolume": state.hypervolume[-1][1] if state.hypervolume else 0.0,
-        "running_trials": [{"trial_id": t.trial_id, "epoch": len(t.history), "epochs": spec.budget.epochs,
-                            "node_id": t.node_id} for t in state.trials if t.status == "running"],
-        "created_at": state.created_at, "started_at": state.started_at, "finished_at": state.finished_at,
-        "updated_at": state.updated_at, "attempts": state.attempts, "coordinator": state.coordinator,
-        "mlflow": state.mlflow,
+        "strategy": static["strategy"], "space": static["space"], "space_hash": static["space_hash"],
+        "dataset": static["dataset"], "backbone": static["backbone"],
+        "trials": {"requested": static["requested"], "finished": counts["completed"] + counts["failed"], **counts},
+        "concurrency": static["concurrency"], "failure_limit": static["failure_limit"],
+        "objectives": static["objectives"], "best": dict(view.best), "hypervolume": view.hypervolume,
+        "running_trials": [{"trial_id": t["trial_id"], "epoch": len(t["history"]), "epochs": static["epochs"],
+                            "node_id": t.get("node_id")} for t in view.running()],
+        "created_at": j["created_at"], "started_at": j["started_at"], "finished_at": j["finished_at"],
+        "updated_at": j["updated_at"], "attempts": j["attempts"], "coordinator": j["coordinator"],
+        "mlflow": j["mlflow"],
     }
 
 
+def corrupt_summary(job_id: str, error: CorruptJob, created_at: float | None = None) -> dict[str, Any]:
+    """The summary of a job whose files cannot be read: every field a listing shows, status
+    ``corrupt``, the file and reason in ``corrupt``, what to do in ``message``."""
+    return {
+        "job_id": job_id, "name": job_id.rsplit("-", 3)[0] if job_id.count("-") >= 3 else job_id,
+        "status": "corrupt", "message": str(error).removeprefix(f"job {job_id} is corrupt: "), "interrupted": False,
+        "corrupt": {"file": error.file, "reason": error.reason, "hint": error.hint},
+        "strategy": None, "space": None, "space_hash": None, "dataset": None, "backbone": None,
+        "trials": {"requested": 0, "finished": 0, "completed": 0, "failed": 0, "preempted": 0, "running": 0},
+        "concurrency": None, "failure_limit": None, "objectives": [], "best": {}, "hypervolume": 0.0,
+        "running_trials": [], "created_at": created_at or 0.0, "started_at": None, "finished_at": None,
+        "updated_at": None, "attempts": 0, "coordinator": None, "mlflow": {},
+    }

@@ -7,14 +7,17 @@ Layout (everything a job writes)::
 
     <workspace>/jobs/<job id>/job.json      the submitted job (absolute paths) + its space, immutable
                              /job.yaml      the job file as submitted
-                             /state.json    status, strategy state, trial records, hypervolume curve
+                             /events.jsonl, /events.bak.jsonl   the job's event log and its mirror (the record)
+                             /snapshot.json, /summary.json, /front.json, /hypervolume.jsonl   derived (state.py)
                              /weights/<trial>.safetensors   prompt + head weights of each trial
                              /coordinator.lock, /cancel     liveness lock, cancel request
                /tune/<job id>/attempt-<n>/  Ray Tune's storage (one experiment per coordinator run)
                /ray/                        RAY_TMPDIR of a locally started Ray
                /mlflow/mlflow.db, /mlflow/artifacts/   MLflow record (default tracking URI)
 
-Safe to read from other processes while a job runs: every state file is replaced atomically.
+Safe to read from other processes while a job runs: the log is only appended to (a reader drops
+an incomplete last line), every other file is replaced atomically. Jobs written by earlier releases
+(one ``state.json``) read as before and become event logs when they are resumed.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import secrets
 import time
@@ -33,6 +35,10 @@ from typing import Any
 from ..files import atomic_write
 from ..jobs import JobError
 from .records import JobState
+from .state import LEGACY, LOG, MIRROR, CorruptJob, JobStore
+
+__all__ = ["CorruptJob", "DEFAULT_WORKSPACE", "Workspace", "WorkspaceError", "as_workspace", "cancel_requested",
+           "coordinator_alive", "job_lock", "request_cancel"]
 
 DEFAULT_WORKSPACE = "promptsearch-runs"
 
@@ -45,7 +51,7 @@ class Workspace:
     """One directory holding jobs, Ray Tune storage, Ray's temp dir and the MLflow store.
 
     ``root`` default: ``$PROMPTSEARCH_WORKSPACE`` or ``./promptsearch-runs``. Safe to read from
-    other processes while a job runs (all state files are replaced atomically).
+    other processes while a job runs (see the module docstring).
     """
 
     def __init__(self, root: str | Path | None = None):
@@ -104,9 +110,12 @@ class Workspace:
         return self.jobs_dir / job_id
 
     def job_ids(self) -> list[str]:
+        """Every job folder: one with a job record or an event log (a damaged one too: it lists as corrupt)."""
         if not self.jobs_dir.is_dir():
             return []
-        return sorted(p.name for p in self.jobs_dir.iterdir() if (p / "job.json").is_file())
+        names = ("job.json", LOG, MIRROR, LEGACY)
+        return sorted(p.name for p in self.jobs_dir.iterdir()
+                      if not p.name.startswith(".") and any((p / n).is_file() for n in names))  # .x: being submitted
 
     def resolve(self, job: str) -> str:
         """A job id from the id itself or a unique prefix of it."""
@@ -120,22 +129,27 @@ class Workspace:
             raise WorkspaceError(f"no job {job!r} in workspace {self.root} (promptsearch jobs --workspace {self.root})")
         raise WorkspaceError(f"{job!r} matches {len(hits)} jobs: {', '.join(hits[:5])}")
 
+    def store(self, job_id: str) -> JobStore:
+        """The job's files (:class:`~.state.JobStore`): its log, snapshots and summary."""
+        return JobStore(self.job_dir(job_id), job_id)
+
     def read_job(self, job_id: str) -> dict[str, Any]:
-        return json.loads((self.job_dir(job_id) / "job.json").read_text())
+        """``job.json``, the submitted job (:class:`~.state.CorruptJob` if unreadable)."""
+        return self.store(job_id).read_record()
 
     def read_state(self, job_id: str) -> JobState:
-        path = self.job_dir(job_id) / "state.json"
-        for _ in range(3):  # replaced atomically; a retry only covers a file system without rename atomicity
-            try:
-                return JobState.model_validate(json.loads(path.read_text()))
-            except (json.JSONDecodeError, FileNotFoundError):
-                time.sleep(0.05)
-        return JobState.model_validate(json.loads(path.read_text()))
-
-    def write_state(self, state: JobState) -> None:
-        state.updated_at = time.time()
-        atomic_write(self.job_dir(state.job_id) / "state.json", json.dumps(state.model_dump(mode="json")))
-
+        """The job's whole state, every trial record included (O(trials): the read paths use
+        :meth:`JobStore.read_view`). The strategy's state is the newest snapshot's."""
+        store = self.store(job_id)
+        if store.legacy:
+            return store.read_legacy()
+        r = store.read_full()
+        snap = next(store.snapshots(), None)
+        return JobState.model_validate({
+            **{k: v for k, v in r.job.items() if k != "updated_at"}, "version": 2, "updated_at": r.job["updated_at"] or 0.0,
+            "created_at": r.job["created_at"] or 0.0, "next_index": r.next_index, "requeue": r.requeue,
+            "trials": list(r.trials.values()), "hypervolume": [(n, hv) for n, hv, _ in r.curve or []],
+            "strategy_state": snap["strategy"] if snap else None})
 
 
 def as_workspace(workspace: Workspace | str | Path | None) -> Workspace:
@@ -156,8 +170,10 @@ def job_lock(ws: Workspace, job_id: str, wait_s: float = 2.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise WorkspaceError(f"job {job_id} is already running in another coordinator "
-                                         f"({ws.read_state(job_id).coordinator or {}})") from None
+                    who: Any = {}
+                    with contextlib.suppress(JobError):
+                        who = ws.store(job_id).read_view()[0].job["coordinator"] or {}
+                    raise WorkspaceError(f"job {job_id} is already running in another coordinator ({who})") from None
                 time.sleep(0.1)
         yield
     finally:

@@ -103,7 +103,8 @@ def summary_view(st: dict[str, Any], runner: Any = None) -> JobSummary:
                       best={k: v for k, v in (st.get("best") or {}).items() if v is not None},
                       message=message, completed=t.get("completed", 0), preempted=t.get("preempted", 0),
                       created_at=st.get("created_at"), finished_at=st.get("finished_at"),
-                      backbone=st.get("backbone"), concurrency=st.get("concurrency"))
+                      backbone=st.get("backbone"), concurrency=st.get("concurrency"),
+                      **({"corrupt": st["corrupt"]} if st.get("corrupt") else {}))
 
 
 def _iso(ts: float | None) -> str | None:
@@ -119,8 +120,12 @@ def job_objectives(ws: Path, job_id: str):
 
 
 def spec_json(ws: Path, job_id: str) -> dict[str, Any]:
-    """The job's fields without the server's paths and addresses."""
-    spec = dict(jobs.Workspace(ws).read_job(job_id)["spec"])
+    """The job's fields without the server's paths and addresses ({} when job.json is unreadable:
+    the job's status says it is corrupt)."""
+    try:
+        spec = dict(jobs.Workspace(ws).read_job(job_id)["spec"])
+    except jobs.CorruptJob:
+        return {}
     for k in SERVER_FIELDS:  # server-side paths and addresses stay on the server
         spec.pop(k, None)
     if isinstance(spec.get("backbone"), dict):
@@ -150,22 +155,26 @@ def trial_views(records: list[dict[str, Any]], objectives) -> list[TrialOut]:
 
 
 def pareto_view(ws: Path, job_id: str) -> Pareto:
-    from ..objectives import ObjectiveError, pick
+    """The front (``front.json``), its knee, and the hypervolume curve (``hypervolume.jsonl``):
+    O(front + finished trials), never the whole log (a corrupt job is a 409 that says why)."""
+    from ..objectives import Objective, ObjectiveError, pick
 
-    state = jobs.Workspace(ws).read_state(job_id)  # one read: trials and curve agree
-    records = [t.model_dump(mode="json") for t in state.trials]
-    objectives = job_objectives(ws, job_id)
+    store = jobs.Workspace(ws).store(job_id)
+    try:
+        records, view, static = jobs.front_records(store)
+    except jobs.CorruptJob as e:
+        raise HTTPException(409, str(e)) from None
+    objectives = [Objective(**o) for o in static["objectives"]]
     trials = trial_views(records, objectives)
     try:
         knee = trials[pick(records, objectives, "knee")].trial_id
     except ObjectiveError:
         knee = None
-    # the coordinator's curve: (finished trials, hypervolume) after each finished trial, in that order
-    curve = state.hypervolume
-    ended = sorted((t for t in trials if t.status in ("completed", "failed") and t.finished), key=lambda t: t.finished)
-    points = [{"n": int(n), "hypervolume": float(hv), "trial_id": ended[k].trial_id if k < len(ended) else None}
-              for k, (n, hv) in enumerate(curve)]
-    front = [t for t in trials if t.on_front]
-    return Pareto(objectives=[o.model_dump(mode="json") for o in objectives], front=[t.trial_id for t in front],
-                  knee=knee, hypervolume=points[-1]["hypervolume"] if points else 0.0, hypervolume_curve=points,
-                  trials=front)
+    # the coordinator's curve: [finished trials, hypervolume, trial id] after each finished trial
+    curve = None if store.legacy else store.read_curve(view.finished)
+    if curve is None:  # an old-format job, or a reader racing a tell: from the log
+        full = store.read_full()
+        curve = full.curve or []
+    points = [{"n": int(n), "hypervolume": float(hv), "trial_id": tid} for n, hv, tid in curve]
+    return Pareto(objectives=[o.model_dump(mode="json") for o in objectives], front=[t.trial_id for t in trials],
+                  knee=knee, hypervolume=view.hypervolume if points else 0.0, hypervolume_curve=points, trials=trials)

@@ -19,7 +19,8 @@ space and the objectives, never Ray or MLflow.
   delivery is safe) and turns the result into normalised objective values and a scalar reward;
 * ``state_dict`` is plain JSON (version, strategy, space hash, RNG state, asks, results, plus
   the strategy's own part); ``load_state_dict`` on a fresh object with the same space and
-  options restores it exactly, so the next proposals are identical.
+  options restores it exactly, so the next proposals are identical; ``state_dict(history=False)``
+  leaves the asks and results out, for a caller that logs them and hands them back on load.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import inspect
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -140,13 +141,18 @@ class Strategy(ABC):
         values = None if row is None else tuple(float(x) for x in normalised_values(row, self.objectives)[0])
         return Observation(tuple(genome), values, scalarize(result, self.objectives, self.scalarization))
 
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state; ``load_state_dict`` on a fresh object restores it exactly."""
-        return {"version": STATE_VERSION, "strategy": self.name, "space": self.space.name,
-                "space_hash": self.space.hash, "seed": self.seed, "rng": rng_to_json(self.rng),
-                "asked": [list(g) for g in self.asked], "pending": {k: list(g) for k, g in self.pending.items()},
-                "told": [o.to_json() for o in self.told], "told_keys": sorted(self._told_keys),
-                "own": self._state()}
+    def state_dict(self, history: bool = True) -> dict[str, Any]:
+        """JSON-serialisable state; ``load_state_dict`` on a fresh object restores it exactly.
+        ``history=False`` leaves out what grows with every trial — the asked genomes and told
+        results — for a caller that records them itself (the search loop's event log) and hands
+        them back to :meth:`load_state_dict` as ``history``."""
+        state = {"version": STATE_VERSION, "strategy": self.name, "space": self.space.name,
+                 "space_hash": self.space.hash, "seed": self.seed, "rng": rng_to_json(self.rng),
+                 "own": self._state() if history else self._own_state()}
+        if history:
+            state.update(asked=[list(g) for g in self.asked], pending={k: list(g) for k, g in self.pending.items()},
+                         told=[o.to_json() for o in self.told], told_keys=sorted(self._told_keys))
+        return state
 
     def _check_state(self, state: Mapping[str, Any]) -> None:
         """A state made by this strategy (name, version) for this space, else a clear error."""
@@ -157,15 +163,41 @@ class Strategy(ABC):
             raise StrategyError(f"state was made for space {state.get('space')!r} ({state.get('space_hash')}), "
                                 f"not {self.space.name!r} ({self.space.hash})")
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], history: Iterable[Sequence[Any]] | None = None) -> None:
+        """Restore :meth:`state_dict`; a state saved with ``history=False`` needs its ``history``:
+        ``("ask", genome, key)`` and ``("tell", key, result)`` in the order they happened."""
         self._check_state(state)
         self.seed = int(state["seed"])
         rng_from_json(self.rng, state["rng"])
-        self.asked = {tuple(g): i for i, g in enumerate(state["asked"])}
-        self.pending = {k: tuple(g) for k, g in state["pending"].items()}
-        self.told = [Observation.from_json(o) for o in state["told"]]
-        self._told_keys = set(state["told_keys"])
-        self._load_state(state["own"])
+        if "asked" in state:
+            self.asked = {tuple(g): i for i, g in enumerate(state["asked"])}
+            self.pending = {k: tuple(g) for k, g in state["pending"].items()}
+            self.told = [Observation.from_json(o) for o in state["told"]]
+            self._told_keys = set(state["told_keys"])
+            self._load_state(state["own"])
+            return
+        if history is None:
+            raise StrategyError("this state was saved without its history (state_dict(history=False)): "
+                                "pass the asks and tells as history=")
+        self.replay_history(history)
+        self._load_own_state(state["own"])
+
+    def replay_history(self, history: Iterable[Sequence[Any]]) -> None:
+        """Rebuild the bookkeeping (asked genomes, pending asks, told results) from ``("ask",
+        genome, key)`` / ``("tell", key, result)`` events, as :meth:`ask` and :meth:`tell` kept
+        it, without proposing or learning anything again."""
+        self.asked, self.pending, self.told, self._told_keys = {}, {}, [], set()
+        for event in history:
+            if event[0] == "ask":
+                genome = tuple(int(x) for x in event[1])
+                self.asked[genome] = len(self.asked)
+                self.pending[event[2]] = genome
+            elif event[1] not in self._told_keys:
+                if event[1] not in self.pending:
+                    raise StrategyError(f"history tells {event[1]!r}, which it never asked")
+                obs = self.observation(self.pending.pop(event[1]), event[2])
+                self._told_keys.add(event[1])
+                self.told.append(obs)
 
     # --- what a strategy implements ---------------------------------------------------------------
     @abstractmethod
@@ -186,6 +218,14 @@ class Strategy(ABC):
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
         return None
+
+    def _own_state(self) -> dict[str, Any]:
+        """The strategy's own part of a ``history=False`` state (default: ``_state()``)."""
+        return self._state()
+
+    def _load_own_state(self, state: Mapping[str, Any]) -> None:
+        self._load_state(state)
+
 
     # --- helpers --------------------------------------------------------------------------------
     def _valid(self, genome: Sequence[int]) -> Genome:

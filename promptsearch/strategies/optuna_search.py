@@ -18,12 +18,18 @@ Every Optuna trial that is told values has exactly the evaluated genome as its p
 State: Optuna's samplers keep internal RNG state that has no public getter, so the JSON state
 is the seed plus the log of asks and told results; ``load_state_dict`` rebuilds the study by
 replaying it through the same seeded sampler — exact, and checked (the replayed asks must match).
+Without history (``state_dict(history=False)``, what the search loop snapshots) the state is the
+study itself — every Optuna trial's parameters, values and attributes, and the sampler pickled
+as Optuna's documentation recommends for resuming with the same random state — and a load
+re-adds the trials (``Study.add_trials``) instead of sampling them again.
 """
 
 from __future__ import annotations
 
+import base64
+import pickle
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -134,7 +140,50 @@ class OptunaStrategy(Strategy):
     def _state(self) -> dict[str, Any]:
         return {"sampler": self.sampler_name, "events": list(self.events)}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def _own_state(self) -> dict[str, Any]:
+        trials = [{"state": t.state.name, "params": t.params, "values": t.values, "system_attrs": t.system_attrs,
+                   "user_attrs": t.user_attrs} for t in self.study.get_trials(deepcopy=False)]
+        study_attrs = self.study._storage.get_study_system_attrs(self.study._study_id)  # NSGA-II's parent cache
+        return {"sampler": self.sampler_name, "study": trials, "study_attrs": study_attrs,
+                "sampler_pickle": base64.b64encode(pickle.dumps(self.study.sampler)).decode(),
+                "trial_of": [[list(g), n] for g, n in self._trial_of.items()],
+                "values": [[list(g), v] for g, v in self._values.items()]}
+
+    def _load_own_state(self, state: Mapping[str, Any]) -> None:
+        if state["sampler"] != self.sampler_name:
+            raise StrategyError(f"state was made with sampler {state['sampler']!r}, this strategy has {self.sampler_name!r}")
+        sampler = pickle.loads(base64.b64decode(state["sampler_pickle"]))  # noqa: S301 - our own snapshot
+        dists = {g.name: optuna.distributions.CategoricalDistribution(list(range(len(g.choices))))
+                 for g in self.space.genes}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study = optuna.create_study(directions=["maximize"] * len(self.objectives), sampler=sampler)
+            study.add_trials([optuna.trial.create_trial(
+                state=TrialState[t["state"]], values=t["values"], params=t["params"],
+                distributions={k: dists[k] for k in t["params"]}, system_attrs=t["system_attrs"],
+                user_attrs=t["user_attrs"]) for t in state["study"]])
+            for k, v in state["study_attrs"].items():
+                study._storage.set_study_system_attr(study._study_id, k, v)
+        self.study = study
+        self._trial_of = {tuple(g): int(n) for g, n in state["trial_of"]}
+        self._values = {tuple(g): list(v) for g, v in state["values"]}
+
+    def replay_history(self, history: Iterable[Sequence[Any]]) -> None:
+        history = list(history)
+        super().replay_history(history)
+        told = iter(self.told)
+        self.events = []
+        seen: set[str] = set()
+        for e in history:  # the same order of asks and observations as ask/tell appended them
+            if e[0] == "ask":
+                self.events.append("ask")
+            elif e[1] not in seen:
+                seen.add(e[1])
+                self.events.append(next(told).to_json())
+
+    def load_state_dict(self, state: Mapping[str, Any], history: Iterable[Sequence[Any]] | None = None) -> None:
+        if "asked" not in state:  # saved without history: the study itself, no replay
+            return super().load_state_dict(state, history)
         self._check_state(state)
         if state["own"]["sampler"] != self.sampler_name or state["seed"] != self.seed:
             raise StrategyError(f"state was made with sampler {state['own']['sampler']!r} and seed {state['seed']}, "

@@ -1,0 +1,81 @@
+"""A job's Pareto front, kept as trials arrive: the non-dominated set and its hypervolume.
+
+    python -c "from promptsearch.search.front import Front; f = Front(); print(f.add({'trial_id': 't1', 'index': 1, 'status': 'completed', 'metrics': {'auc': .8, 'worst_class_recall': .5, 'prompt_params': 100, 'latency_ms': 2}}), f.hypervolume)"
+
+A finished trial is compared with the current front only (``k`` members, ``m`` objectives:
+O(k·m)); a dominated trial is never looked at again. The hypervolume
+(:func:`promptsearch.objectives.hypervolume`, moocore's exact algorithm on the normalised cube)
+is recomputed only when the front changed, and only over the front — the points a dominated
+trial would add are inside it already, so the value equals the hypervolume of every trial.
+
+Dominance is the one :func:`promptsearch.objectives.pareto_front` uses (raw values, each
+objective's direction; equal points are both on the front), so ``Front`` and a from-scratch
+``pareto_front`` always agree (``tests/test_state.py`` checks it on random data with ties).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..objectives import DEFAULT_OBJECTIVES, Objective, hypervolume, objective_row
+
+
+class Front:
+    """The non-dominated usable trials of a job (records as ``job_trials`` returns them)."""
+
+    def __init__(self, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES):
+        self.objectives = tuple(objectives)
+        self._sign = np.array([1.0 if o.maximise else -1.0 for o in self.objectives])  # max-form
+        self._ids: list[str] = []
+        self._rows = np.zeros((0, len(self.objectives)))  # (k, m) raw values
+        self._records: dict[str, Mapping[str, Any]] = {}
+        self.hypervolume = 0.0
+        self.recomputes = 0  # hypervolume computations so far (the benchmark reports it)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, trial_id: object) -> bool:
+        return trial_id in self._records
+
+    def add(self, record: Mapping[str, Any], recompute: bool = True) -> bool:
+        """Offer one finished trial; True when it joined the front (which then changed).
+        ``recompute=False`` defers the hypervolume to :meth:`refresh` (a batch of adds)."""
+        row = objective_row(record, self.objectives)  # (m,) raw, None: failed or unusable
+        if row is None:
+            return False
+        p = row * self._sign
+        if len(self._ids):
+            f = self._rows * self._sign  # (k, m), larger is better
+            if ((f >= p).all(axis=1) & (f > p).any(axis=1)).any():
+                return False  # dominated: never part of the front again
+            keep = ~((p >= f).all(axis=1) & (p > f).any(axis=1))  # members the newcomer dominates go
+            if not keep.all():
+                for i in np.flatnonzero(~keep):
+                    del self._records[self._ids[i]]
+                self._ids = [t for t, k in zip(self._ids, keep) if k]
+                self._rows = self._rows[keep]
+        self._ids.append(record["trial_id"])
+        self._rows = np.vstack([self._rows, row[None, :]])
+        self._records[record["trial_id"]] = record
+        if recompute:
+            self.refresh()
+        return True
+
+    def extend(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Offer many trials, then compute the hypervolume once."""
+        for r in records:
+            self.add(r, recompute=False)
+        self.refresh()
+
+    def refresh(self) -> float:
+        self.hypervolume = hypervolume(self._rows, self.objectives) if len(self._ids) else 0.0
+        self.recomputes += 1
+        return self.hypervolume
+
+    def records(self) -> list[Mapping[str, Any]]:
+        """The front's trial records in start order (``index``), as ``job_front`` returns them."""
+        return sorted(self._records.values(), key=lambda r: r.get("index", 0))
