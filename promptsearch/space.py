@@ -124,6 +124,8 @@ class Architecture(BaseModel):
     # component weights (promptsearch.library); the defaults are "fresh blocks, trained", as before libraries
     source: ComponentSource = "scratch"  # library: each component starts from its library block (space.scratch excepted)
     tuning: Tuning = "finetuned"  # frozen: library blocks stay fixed; scratch blocks, fusion and head train
+    # which frozen backbone: a name the job maps to a backbone ("": the job's one backbone)
+    backbone: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")
 
     @property
     def component_names(self) -> list[str]:
