@@ -18,6 +18,7 @@ import torch
 
 from ..backbones import BackboneSpec, build_backbone
 from ..files import file_sha256
+from ..library import library_record, placeholder_blocks
 from ..prompts import PromptedModel, build_prompted_model
 from ..space import SearchSpace
 from .card import model_card
@@ -31,17 +32,26 @@ def write_bundle(out: str | Path, *, space: SearchSpace, genome: Sequence[int], 
                  input_size: int | None, metrics: Mapping[str, float], test_metrics: Mapping[str, float] | None = None,
                  dataset: Mapping[str, Any] | None = None, budget: Mapping[str, Any] | None = None, seed: int = 0,
                  objectives: Sequence[Mapping[str, Any]] = (), origin: Mapping[str, Any] | None = None,
-                 zip_path: str | Path | None = None) -> Path:
+                 zip_path: str | Path | None = None, library: Mapping[str, Any] | None = None) -> Path:
     """Write a bundle folder ``out`` (and a zip of it at ``zip_path``); return the folder.
 
     ``weights``: the trial's saved prompt+head safetensors file, or the ``trainable_state_dict()``.
+    ``library``: the component library record (default: the one the trial wrote into the weights
+    file's metadata, else the space's bound library and the candidate's library components).
     """
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     out = Path(out)
     state = load_file(str(weights)) if isinstance(weights, str | Path) else {k: v.contiguous() for k, v in weights.items()}
     genome = [int(g) for g in genome]
     cand = space.candidate(genome)
+    if library is None and isinstance(weights, str | Path):
+        with safe_open(str(weights), "pt") as f:
+            recorded = (f.metadata() or {}).get("library")
+        library = json.loads(recorded) if recorded else None
+    if library is None:
+        library = library_record(space, cand.genome)
     cfg = BundleConfig(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         space={"name": space.name, "hash": space.hash, "spec": space.to_dict()},
@@ -57,6 +67,7 @@ def write_bundle(out: str | Path, *, space: SearchSpace, genome: Sequence[int], 
         origin=dict(origin or {}),
         prompts={"file": WEIGHTS_FILE, "tensors": {k: list(v.shape) for k, v in state.items()},
                  "params": int(sum(v.numel() for v in state.values()))},
+        library=dict(library) if library else None,
     )
     # refuse a bundle that would not load: the weights must fit the architecture
     _check_state(cfg, state)
@@ -170,11 +181,14 @@ def load_exported(path: str | Path, backbone_weights: str | Path | None = None,
     """
     cfg, state = _read_bundle(path)
     _check_state(cfg, state)
-    arch = cfg.search_space().architecture(cfg.genome)
+    space = cfg.search_space()
+    arch = space.architecture(cfg.genome)
     spec = _backbone_spec(cfg, backbone_weights)
     if not spec.weights and not spec.pretrained:
         torch.manual_seed(int(cfg.recipe.get("seed", 0)))  # a random backbone: the trial seeded it so
-    model = build_prompted_model(arch, build_backbone(spec), cfg.num_outputs)
+    # library components: their blocks (trained or frozen) are in the bundle's weights; the library
+    # itself is not needed to load it (its path, version and sha256 are recorded in config.json)
+    model = build_prompted_model(arch, build_backbone(spec), cfg.num_outputs, library=placeholder_blocks(space, arch))
     model.load_trainable_state_dict(state)
     model.eval()
     if device is not None:

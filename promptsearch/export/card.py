@@ -19,6 +19,17 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _library_section(cfg: BundleConfig) -> str:
+    lib = cfg.library
+    if not lib:
+        return ""
+    comps = ", ".join(f"`{c}`" for c in lib.get("components", [])) or "none"
+    return (f"## Component library\n\nComponents {comps} started from library version `{lib.get('version')}` "
+            f"(sha256 `{lib.get('sha256')}`, {lib.get('path')}) and were {lib.get('tuning', 'finetuned')} in training"
+            + (f"; the job's shared version `{lib['started_from']}`" if lib.get("started_from") else "")
+            + ". Their blocks are in this bundle's weights: the library is not needed to use it.\n\n")
+
+
 def model_card(cfg: BundleConfig) -> str:
     """``MODEL_CARD.md``: purpose, metrics, intended use and limits, in plain words."""
     val, test = cfg.metrics.get("validation", {}), cfg.metrics.get("test", {})
@@ -66,7 +77,7 @@ Seed {cfg.recipe.get('seed')}; {budget.get('epochs')} epoch(s), batch {budget.ge
 {cfg.recipe.get('optimizer', '')}. Inputs: {cfg.input.channels}-channel images of
 {cfg.input.size or 'any'} px, scaled to [0, 1]; the model resizes them to {cfg.backbone.image_size or 'the backbone default'} px.
 
-## Backbone weights (not included)
+{_library_section(cfg)}## Backbone weights (not included)
 
 `{cfg.backbone.name}`: {cfg.backbone.obtain}.
 {f"Expected sha256: `{cfg.backbone.weights_sha256}`." if cfg.backbone.weights_sha256 else ""}

@@ -78,6 +78,9 @@ class BundleConfig(BaseModel):
     metrics: dict[str, dict[str, float]]  # {"validation": {...}, "test": {...}}
     origin: dict[str, Any] = Field(default_factory=dict)  # {job_id, trial_id, status, epochs, ...}
     prompts: dict[str, Any] = Field(default_factory=dict)  # {file, tensors, params, sha256}
+    # the component library the prompt started from: {path, version, sha256, components, tuning,
+    # started_from, wrote}; None when no component came from one. Its blocks are in prompts.safetensors.
+    library: dict[str, Any] | None = None
 
     @property
     def num_outputs(self) -> int:
