@@ -336,6 +336,8 @@ def job_space(spec: JobSpec, source: str = "<job>", lines: dict[tuple, int] | No
         raise JobError(f"{where(source, lines, 'fix')}: {e}") from None
     if spec.library is not None or space.spec.library is not None:  # bound: the stored space names the exact file
         space = JOB_CHECKS.get_or_raise("library")(spec, space, source, lines)
+    elif "library" in space.choices().get("source", ()):
+        space = space.fix(source="scratch")  # no library named: every component starts fresh, as before libraries
     return space
 
 
