@@ -357,3 +357,47 @@ def test_weight_sharing_writes_versions_later_trials_start_from(space, lib, weig
     assert torch.equal(tl.blocks["kidney"], child.blocks["kidney"])
     again = run_trial(cand, pneumonia, spec(weights), BUDGET, seed=0, library_versions=versions.root, library_version=v0)
     assert again.metrics["auc"] == r.metrics["auc"] and [e["version"] for e in versions.log()] == [v1, v1]
+
+
+# --- token blocks (timm ViT) ------------------------------------------------------------------------------
+def test_token_library_blocks_fill_a_candidates_first_layers_and_tokens(tmp_path, data_root):
+    cfg = BuildConfig.make(datasets=("retinamnist", "pneumoniamnist"), module="token", backbone="vit_tiny_patch16_224",
+                           image_size=28, patch_size=4, tokens=4, depth="first_2", epochs=1, batch_size=32,
+                           max_train_samples=32, max_eval_samples=32)
+    r = build_library(cfg, tmp_path / "tok", data_root=data_root, threads=1)
+    lib = open_library(tmp_path / "tok")
+    assert r.status == "completed" and lib.manifest.geometry.module == "token"
+    assert tuple(lib.manifest.geometry.shape) == (2, 4, 192) and lib.manifest.components["eye"].datasets == ["retinamnist"]
+    text = (SPACE.replace("{choices: [pixel]}", "{choices: [token]}")
+            .replace("  pixel_prompt: {choices: [frame, overlay]}\n  frame_width: {choices: [4], when: {pixel_prompt: [frame]}}\n",
+                     "  tokens: {choices: [2, 8]}\n  depth: {choices: [shallow, deep]}\n")
+            .replace("[lung, kidney, breast]", "[lung, eye]").replace("[xray, ct]", "[xray, fundus]")
+            .replace("[normal, tumor]", "[normal, vascular]"))
+    space = bind_library(parse_space(text, "tok.yaml"), lib.path)
+    vit = build_backbone(BackboneSpec("vit_tiny_patch16_224", image_size=28, patch_size=4))
+    for tokens, depth, tuning in ((2, "shallow", "frozen"), (8, "deep", "finetuned")):
+        cand = space.candidate(space.encode({"module": "token", "tokens": tokens, "depth": depth, "fusion": "concat",
+                                             "source": "library", "tuning": tuning,
+                                             "components": {"anatomical": ["eye", "lung"], "pathological": ["normal"]}}))
+        tl = trial_library(cand, None, 28)
+        model = build_prompted_model(cand.arch, vit, 2, library=tl.blocks)
+        stacked = model.prompt.stacked().detach()  # (L, n, T, D): eye, normal (library), lung (scratch)
+        assert model.prompt.components == ["eye", "normal", "lung"]
+        L, T = min(2, stacked.shape[0]), min(4, tokens)
+        for i, name in enumerate(["eye", "normal"]):
+            assert torch.equal(stacked[:L, i, :T], lib.blocks[name][:L, :T])
+        if tuning == "frozen":
+            assert not model.prompt.library_blocks.requires_grad and model.cost()["library_params"] == 2 * 2 * 192
+        else:
+            assert not torch.equal(stacked[2:, 0], torch.zeros_like(stacked[2:, 0]))  # layers past the library's: fresh
+            assert all(p.requires_grad for p in model.prompt.parameters())
+
+
+def test_a_spaces_own_library_key_is_found_beside_the_space_file(lib, tmp_path):
+    import shutil
+
+    shutil.copytree(lib.path, tmp_path / "libs" / "v1")
+    (tmp_path / "space.yaml").write_text(SPACE + "library: libs/v1\n")
+    space = bind_library(load_space(tmp_path / "space.yaml"))
+    assert space.spec.library.path == str((tmp_path / "libs" / "v1").resolve())
+    assert space.spec.library.sha256 == lib.sha256 and space.hash != load_space(tmp_path / "space.yaml").hash
