@@ -337,6 +337,9 @@ def job_space(spec: JobSpec, source: str = "<job>", lines: dict[tuple, int] | No
     if spec.library is not None or space.spec.library is not None:  # bound: the stored space names the exact file
         space = JOB_CHECKS.get_or_raise("library")(spec, space, source, lines)
     elif "library" in space.choices().get("source", ()):
+        if "scratch" not in space.choices()["source"]:
+            raise JobError(f"{where(source, lines, 'space')}: space {space.name!r} takes its components from a library "
+                           f"(source: [library]): name one (library: PATH, made by `promptsearch library build`)")
         space = space.fix(source="scratch")  # no library named: every component starts fresh, as before libraries
     return space
 
