@@ -3,7 +3,7 @@
     python -c "from promptsearch.prompts import build_prompted_model; from promptsearch.backbones import BackboneSpec; from promptsearch.space import Architecture; \
 m = build_prompted_model(Architecture(module='token', tokens=4, lora_rank=4), BackboneSpec('vit_tiny_patch16_224', image_size=28, patch_size=4), 2); print(m.cost())"
 
-Two *inserts* (:data:`promptsearch.prompts.INSERTS`), each off by default and composable with any
+Two *inserts* (:data:`promptsearch.prompt_parts.INSERTS`), each off by default and composable with any
 prompt module (token prompts + LoRA, as NOAH searches):
 
 * ``adapter`` (``Architecture.adapter``), one of :data:`ADAPTER_KINDS`:
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone
-from .prompts import INITS, INSERTS, IncompatibleCandidate
+from .prompt_parts import INITS, INSERTS, IncompatibleCandidate
 from .registry import Registry
 from .space import Architecture
 

@@ -49,39 +49,11 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
+from . import adapters as _adapters  # noqa: F401 - fills INSERTS with "adapter" and "lora"
 from .backbones import Backbone, BackboneSpec, build_backbone, preprocess
+from .prompt_parts import INITS, INSERTS, IncompatibleCandidate  # shared with adapters (re-exported here)
 from .registry import Registry
 from .space import Architecture
-
-
-class IncompatibleCandidate(ValueError):
-    """A candidate the backbone cannot run (e.g. token prompts on a CNN)."""
-
-
-# --- initialisation ------------------------------------------------------------------------------
-INITS: Registry = Registry("init")
-
-
-@INITS.register("normal")
-def _init_normal(t: torch.Tensor, fan: int) -> None:
-    nn.init.normal_(t, std=0.02)
-
-
-@INITS.register("xavier")
-def _init_xavier(t: torch.Tensor, fan: int) -> None:
-    # VPT: uniform(-v, v) with v = sqrt(6 / (fan_in + fan_out)), fan_in = the patch's pixel count
-    v = math.sqrt(6.0 / (fan + t.shape[-1]))
-    nn.init.uniform_(t, -v, v)
-
-
-@INITS.register("uniform")
-def _init_uniform(t: torch.Tensor, fan: int) -> None:
-    nn.init.uniform_(t, -0.1, 0.1)
-
-
-@INITS.register("zero")
-def _init_zero(t: torch.Tensor, fan: int) -> None:
-    nn.init.zeros_(t)
 
 
 # --- fusion of component blocks -------------------------------------------------------------------
@@ -378,10 +350,8 @@ PROMPT_MODULES.register("pixel")(lambda arch, backbone, library=None: PixelPromp
                                                                                    arch.tuning == "frozen"))
 PROMPT_MODULES.register("none")(lambda arch, backbone, library=None: NoPrompt())
 
-# --- inserts: learnable modules hooked into the frozen backbone -------------------------------------
-# name -> builder(arch, backbone) -> a module with ``attached(backbone)`` (a context manager), or
-# None when the architecture does not use it. promptsearch.adapters registers "adapter" and "lora".
-INSERTS: Registry = Registry("insert")
+# --- inserts: learnable modules hooked into the frozen backbone (promptsearch.prompt_parts.INSERTS,
+# filled by promptsearch.adapters: "adapter", "lora")
 
 
 # --- the prompted model --------------------------------------------------------------------------
@@ -482,5 +452,3 @@ def build_prompted_model(arch: Architecture, spec: BackboneSpec | Backbone, num_
     backbone = spec if isinstance(spec, Backbone) else build_backbone(spec)
     return PromptedModel(backbone, arch, num_outputs, library)
 
-
-from . import adapters as _adapters  # noqa: E402,F401 - fills INSERTS (adapters builds on this module)
