@@ -237,7 +237,7 @@ class SpaceFile(BaseModel):
     @model_validator(mode="after")
     def _cross(self) -> SpaceFile:
         n_comp = sum(len(v) for v in self.components.values())
-        if self.min_components > n_comp:
+        if self.min_components > n_comp and not (self.library is not None and not self.components):  # else: the library's
             raise ValueError(f"@min_components: min_components={self.min_components} but only {n_comp} components")
         names = list(self.decisions)
         for d in self.decisions.values():
@@ -390,6 +390,9 @@ class SearchSpace:
     def sample(self, seed: int | random.Random | None = None) -> Candidate:
         """A uniform draw over decisions (rejection keeps the component constraint)."""
         rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+        if self.spec.min_components > sum(len(v) for v in self.spec.components.values()):
+            raise SpaceError(f"space {self.name!r} takes its components from its library: bind it first "
+                             f"(a job does; promptsearch.library.bind_library)")
         while True:
             g = [rng.randrange(len(gene.choices)) for gene in self.genes]
             if self.is_valid(g):

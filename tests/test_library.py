@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from promptsearch.backbones import BackboneSpec, build_backbone
 from promptsearch.budget import Budget
 from promptsearch.jobs import JobError, job_from_dict
-from promptsearch.library import (BuildConfig, LibraryError, LibraryVersions, add_to_library, bind_library,
+from promptsearch.library import (BuildConfig, LibraryError, LibraryVersions, add_to_library, bind_library, library_components,
                                   build_library, open_library, read_manifest, tensor_sha256, trial_library)
 from promptsearch.prompts import build_prompted_model
 from promptsearch.space import SpaceError, list_spaces, load_space, parse_space
@@ -401,3 +401,15 @@ def test_a_spaces_own_library_key_is_found_beside_the_space_file(lib, tmp_path):
     space = bind_library(load_space(tmp_path / "space.yaml"))
     assert space.spec.library.path == str((tmp_path / "libs" / "v1").resolve())
     assert space.spec.library.sha256 == lib.sha256 and space.hash != load_space(tmp_path / "space.yaml").hash
+
+
+def test_a_space_without_components_takes_the_librarys(lib):
+    text = (f"name: bare\nlibrary: {lib.path}\nmin_components: 1\n"
+            "decisions:\n  module: {choices: [pixel]}\n  source: {choices: [library]}\n")
+    with pytest.raises(SpaceError, match="takes its components from its library: bind it first"):
+        parse_space(text, "bare.yaml").sample(0)
+    space = bind_library(parse_space(text, "bare.yaml"))
+    assert space.spec.components == {"anatomical": ("breast", "kidney"), "pathological": ("calculus", "cyst", "normal", "tumor"),
+                                     "modality": ("ct", "ultrasound"), "generic": ("medical",)}
+    assert all(sorted(library_components(space, space.sample(i).arch)) ==
+               sorted(space.sample(i).arch.component_names) for i in range(5))

@@ -24,6 +24,10 @@ from .manifest import LibraryError
 from .store import Library, LibraryVersions, open_library
 
 
+# a library component's kind -> the component group a space lists it in (medical.yaml's names)
+GROUPS = {"anatomy": "anatomical", "pathology": "pathological", "modality": "modality", "generic": "generic"}
+
+
 def library_components(space: SearchSpace, arch: Architecture) -> list[str]:
     """The chosen components that start from a library block, in the architecture's order."""
     if arch.source != "library":
@@ -49,11 +53,17 @@ def resolve_library_path(space: SearchSpace, path: str | Path | None = None) -> 
 def bind_library(space: SearchSpace, path: str | Path | None = None) -> SearchSpace:
     """The space with its library bound: path made absolute, version, sha256 and component names
     recorded (so a trial worker loads exactly that file). Every component that may come from the
-    library must have a trained block, unless the space lists it under ``scratch``."""
+    library must have a trained block, unless the space lists it under ``scratch``. A space that
+    lists no components takes the library's, grouped by kind (:data:`GROUPS`)."""
     folder = resolve_library_path(space, path)
     lib = open_library(folder)
+    data = space.spec.model_dump(mode="json")
+    if not space.spec.components:  # a space that lists none takes every block of the library, grouped by kind
+        data["components"] = {group: sorted(c for c, r in lib.manifest.components.items() if r.kind == kind)
+                              for kind, group in GROUPS.items()}
+        data["components"] = {g: v for g, v in data["components"].items() if v}
     scratch = set(space.spec.scratch)
-    names = [c for group in space.spec.components.values() for c in group]
+    names = [c for group in data["components"].values() for c in group]
     missing = [c for c in names if c not in lib.blocks and c not in scratch]
     if missing:
         raise LibraryError(f"library {folder} (version {lib.version}) has no trained block for component(s) "
@@ -61,7 +71,6 @@ def bind_library(space: SearchSpace, path: str | Path | None = None) -> SearchSp
                            f"(they then start fresh), or grow the library (promptsearch library add); it holds "
                            f"{', '.join(lib.components)}")
     ref = LibraryRef(path=str(folder), version=lib.version, sha256=lib.sha256, components=tuple(lib.components))
-    data = space.spec.model_dump(mode="json")
     data["library"] = ref.model_dump(mode="json")
     return SearchSpace(SpaceFile.model_validate(data), space.source)
 
