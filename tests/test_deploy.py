@@ -285,3 +285,20 @@ def test_api_job_defaults_file_is_a_valid_job(compose, monkeypatch):
     spec = JobSpec.model_validate(_expand_env(yaml.safe_load(local.read_text()), (), {}, str(local)))
     assert spec.ray_address == "auto" and spec.data_root == "/data" and spec.resources.gpu > 0
     assert spec.backbone.weights.startswith("/weights/")
+
+
+def test_api_job_defaults_fit_the_servers_default_limits(compose, monkeypatch):
+    """The compose API's job defaults must pass its own limits, or ``promptsearch serve`` refuses to start."""
+    from promptsearch.jobs import JobSpec, _expand_env
+    from promptsearch.service.requests import limit_problems
+    from promptsearch.service.settings import Limits
+
+    data, _ = compose
+    api = data["services"]["api"]
+    for k, v in api["environment"].items():
+        monkeypatch.setenv(k, str(v))
+    local = REPO / "deploy" / "job-defaults.yaml"
+    raw = yaml.safe_load(local.read_text())
+    limits = Limits.model_validate(raw.pop("limits", {}))
+    spec = JobSpec.model_validate(_expand_env(raw, (), {}, str(local)))
+    assert limit_problems(spec, limits) == []

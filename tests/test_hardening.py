@@ -615,6 +615,14 @@ def test_an_unhandled_os_error_is_one_line_naming_the_path(tmp_path):
                          capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 1
     _one_line(res, "error: /x/state.json: No space left on device (errno 28 ENOSPC)")
+    # wrapped, as Ray Tune wraps a callback's error in a TuneError: the disk is still the news
+    res = subprocess.run([sys.executable, "-c", "from promptsearch.cli import app; import errno, os\n"
+                          "@app.command('boom')\ndef boom():\n    try:\n"
+                          "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), '/ws/jobs/j/events.jsonl')\n"
+                          "    except OSError:\n        raise RuntimeError('Traceback (most recent call last): ...')\n"
+                          "app(['boom'])"], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 1
+    _one_line(res, "error: /ws/jobs/j/events.jsonl: No space left on device (errno 28 ENOSPC)")
 
 
 def test_the_cli_starts_with_a_private_umask(tmp_path):
@@ -708,3 +716,45 @@ def test_a_served_job_listens_on_loopback_only_keeps_the_token_and_its_files_pri
     assert stat.S_IMODE((ws / "mlflow" / "mlflow.db").stat().st_mode) == 0o600
     assert (ws / "ray").is_dir() and stat.S_IMODE((ws / "ray").stat().st_mode) == 0o700
 
+
+
+MID_JOB_DRILL = r"""
+set -u
+ws="$1/ws"; job="$2"; py="$3"; out="$4"
+"$py" -m promptsearch.cli search "$job" --workspace "$ws" --json > "$out/run1.out" 2> "$out/run1.err" &
+pid=$!
+i=0  # wait for the first finished trial (its weights file), then fill the disk
+until ls "$ws"/jobs/*/weights/*.safetensors > /dev/null 2>&1 || [ $i -ge 600 ]; do sleep 0.5; i=$((i + 1)); done
+dd if=/dev/zero of="$1/filler" bs=1M count=4096 > /dev/null 2>&1
+wait $pid; echo "rc1=$?"
+find "$ws/jobs" -name '*.tmp' | sed 's/^/tmp: /'
+rm -f "$1/filler"
+job_id=$(ls "$ws/jobs")
+"$py" -m promptsearch.cli resume "$job_id" --workspace "$ws" --json > "$out/run2.out" 2> "$out/run2.err"; echo "rc2=$?"
+"""
+
+
+@needs_mounts
+@pytest.mark.slow
+def test_a_disk_that_fills_mid_job_is_one_line_leaves_no_temp_file_and_the_job_resumes(tmp_path, data_root,
+                                                                                        mobilenet_weights):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(_defaults(data_root, mobilenet_weights, trials=4)))
+    mnt, logs = tmp_path / "disk", tmp_path / "logs"
+    mnt.mkdir()
+    logs.mkdir()
+    script = tmp_path / "drill.sh"
+    script.write_text(MID_JOB_DRILL)
+    res = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=96m tmpfs {mnt} && "
+                          f"exec sh {script} {mnt} {job} {sys.executable} {logs}"], capture_output=True, text=True,
+                         timeout=1200, cwd=REPO)
+    out = res.stdout
+    err1 = (logs / "run1.err").read_text()
+    print(out, err1[-3000:])
+    assert "rc1=0" not in out and "tmp:" not in out, out + res.stderr  # stopped by the full disk; no temp file left
+    assert "Traceback" not in err1 and "[SQL:" not in err1, err1[-3000:]
+    last = err1.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "No space left on device (errno 28 ENOSPC)" in last, last
+    assert "rc2=0" in out, out + res.stderr + (logs / "run2.err").read_text()[-3000:]
+    status = json.loads((logs / "run2.out").read_text())["status"]
+    assert status["status"] == "completed" and status["trials"]["finished"] == 4, status

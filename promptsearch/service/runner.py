@@ -23,7 +23,7 @@ import threading
 import time
 
 from . import jobs
-from .settings import TOKEN_ENV, Settings, os_error_line
+from .settings import TOKEN_ENV, Settings, os_error_line, storage_error
 
 log = logging.getLogger("promptsearch.service")
 
@@ -191,8 +191,11 @@ def _run_main(argv: list[str]) -> int:
     except JobError as e:
         print(f"job {a.job}: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # the workspace could not be written (read-only, full): one line, not a traceback
-        print(f"job {a.job}: error: {os_error_line(e)}", file=sys.stderr)
+    except Exception as e:  # the workspace could not be written (read-only, full): one line, not a traceback
+        cause = e if isinstance(e, OSError) else storage_error(e)
+        if cause is None:
+            raise
+        print(f"job {a.job}: error: {os_error_line(cause)}", file=sys.stderr)
         return 3
     print(f"job {a.job}: {status['status']} {status.get('message') or ''}")
     return 0 if status["status"] == "completed" else 1

@@ -158,3 +158,20 @@ def _path_in_traceback(e: BaseException) -> str | None:
                 break
         tb = tb.tb_next
     return found
+
+
+# a disk that is full, read-only, over quota, refused or failing: whatever raised it, the disk is the news
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG})
+
+
+def storage_error(e: BaseException) -> OSError | None:
+    """The storage OSError behind ``e`` (Ray Tune re-raises a callback's error as a TuneError whose
+    cause is the OSError): the first in its cause/context chain with a file name, else the first."""
+    found: list[OSError] = []
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            found.append(e)
+        e = e.__cause__ or e.__context__
+    return next((x for x in found if x.filename), found[0] if found else None)
