@@ -33,8 +33,9 @@ from ..space import SearchSpace, SpaceFile
 INACTIVE = "n/a"  # a decision switched off by another's value (``when``): its own category for fANOVA
 COMPONENT_SEP = ";"  # component names in one CSV cell: "brain;lung"
 
-# fANOVA settings: 32 trees of depth 8 rank decisions like Optuna's default 64 x 64 on our spaces
-# (checked on synthetic jobs) at a tenth of the time (1,000 trials x 4 objectives: ~3 s, not ~30 s).
+# fANOVA settings: 32 trees of depth 8 rank parameters like Optuna's default 64 x 64 at a sixth of the time
+# (a random study of 1,000 trials x 4 objectives x 19 parameters, loaded 2-CPU machine: 6.9 s vs 40.7 s,
+# same top parameters, shares within 0.02; benchmarks/results/dashboard_load.md).
 FANOVA_TREES = 32
 FANOVA_DEPTH = 8
 
