@@ -624,3 +624,90 @@ def test_analysis_endpoints_use_the_token(server, done):
         for path in paths:
             r = anon.get(path, headers={"Authorization": "Bearer t0ken"})
             assert r.status_code == 200, (path, r.text)
+
+
+# --- the pure functions behind it (no server) -------------------------------------------------------------------
+def _records(n: int = 40, seed: int = 0) -> list[dict]:
+    """Trial records over the pixel space whose auc depends on fusion alone and prompt_params on the
+    frame width (overlays, which have none, all alike); latency and worst-class recall: noise."""
+    import random
+
+    from promptsearch.space import load_space
+
+    space, rng = load_space("pixel"), random.Random(seed)
+    out = []
+    for i in range(n):
+        cand = space.sample(rng.randrange(2**31))
+        a = cand.architecture
+        metrics = {"auc": {"concat": 0.6, "attention": 0.7, "gate": 0.8}[a["fusion"]] + rng.gauss(0, 0.005),
+                   "worst_class_recall": rng.random(), "latency_ms": 5 + rng.random(),
+                   "prompt_params": 3000.0 if a["pixel_prompt"] == "overlay" else 800.0 * a["frame_width"]}
+        out.append({"trial_id": f"t{i + 1:04d}", "index": i + 1, "candidate": cand.to_json(), "status": "completed",
+                    "metrics": metrics, "test_metrics": {"auc": metrics["auc"]}, "history": [{"epoch": 1.0}]})
+    out[3] = {**out[3], "status": "failed", "metrics": {}, "reason": "=HYPERLINK(\"http://x\")"}
+    return out
+
+
+def test_importance_finds_the_decision_that_sets_each_objective():
+    from promptsearch.objectives import DEFAULT_OBJECTIVES as O
+    from promptsearch.service import analysis
+    from promptsearch.space import load_space
+
+    space, records = load_space("pixel"), _records()
+    imp = analysis.importance(records, space, O)
+    assert imp["n_trials"] == len(records) - 1 and imp["note"] is None
+    assert {p["name"] for p in imp["params"] if p["kind"] == "decision"} == set(space.spec.decisions)
+    # frame_width's own "n/a" (an overlay) carries what pixel_prompt would: it alone sets prompt_params
+    for objective, decision in (("auc", "fusion"), ("prompt_params", "frame_width")):
+        scores = imp["importance"][objective]
+        assert max(scores, key=scores.get) == decision and scores[decision] > 0.5, scores
+    assert imp["importance"]["auc"]["module"] == 0.0  # one choice: constant
+    assert all(math.isfinite(v) and 0 <= v <= 1 for s in imp["importance"].values() for v in s.values())
+    frame = next(p for p in imp["params"] if p["name"] == "frame_width")
+    assert frame["choices"][-1] == analysis.INACTIVE  # used only with pixel_prompt: frame
+    for few in (records[:1], []):
+        small = analysis.importance(few, space, O)
+        assert "at least 2" in small["note"] and all(v == 0.0 for s in small["importance"].values() for v in s.values())
+
+
+def test_where_is_picks_where():
+    """A constraint matches exactly the trials `pick("best:auc where ...")` can choose among."""
+    from promptsearch.objectives import DEFAULT_OBJECTIVES as O
+    from promptsearch.objectives import ObjectiveError, pick
+    from promptsearch.service import analysis
+
+    records = _records()
+    for where in ("prompt_params <= 3000", "prompt_params < 3000 and auc > 0.65", "worst_class_recall >= 0.5",
+                  "auc == 2", "latency_ms > 5.5 and prompt_params >= 4800"):
+        idx = analysis.where_matches(records, O, analysis.parse_where(where, {"auc", "prompt_params", "latency_ms",
+                                                                             "worst_class_recall"}))
+        by_pick = []
+        for i, r in enumerate(records):
+            try:
+                pick([r], O, f"best:auc where {where}")
+                by_pick.append(i)
+            except ObjectiveError:
+                pass
+        assert idx == by_pick, where
+    assert analysis.parse_where("where auc>0.5") == [analysis.Condition("auc", ">", 0.5)]
+
+
+def test_trial_rows_and_csv():
+    from promptsearch.objectives import DEFAULT_OBJECTIVES as O
+    from promptsearch.service import analysis
+    from promptsearch.space import load_space
+
+    space, records = load_space("pixel"), _records(6)
+    cols, rows = analysis.trial_rows(records, space, O)
+    assert cols[:5] == ["trial_id", "number", "status", "on_front", "rank"] and not any(c.startswith("test_") for c in cols)
+    assert [r["trial_id"] for r in rows] == [r["trial_id"] for r in records]
+    for rec, row in zip(records, rows):
+        arch = rec["candidate"]["architecture"]
+        assert all(row[d] == arch.get(d) for d in space.spec.decisions)
+        assert all(row[f"components.{g}"] == arch["components"][g] for g in space.spec.components)
+    text = analysis.rows_csv(cols, rows)
+    parsed = list(csv.DictReader(io.StringIO(text)))
+    assert len(parsed) == len(records) and parsed[3]["reason"].startswith("'=")  # a formula stays text
+    assert parsed[0]["components.anatomical"] == ";".join(rows[0]["components.anatomical"])
+    cols, rows = analysis.trial_rows(records, space, O, include_test=True)
+    assert "test_auc" in cols and rows[0]["test_auc"] == records[0]["test_metrics"]["auc"]
