@@ -337,7 +337,7 @@ def write_table(rows: list[dict[str, str]] | None = None) -> None:
 @app.command()
 def run(targets: list[str] = typer.Option(TARGETS, "--target"), backbones: list[str] = typer.Option(list(BACKBONES), "--backbone"),
         phases: list[str] = typer.Option(["fixed", "search"], "--phase")) -> None:
-    """Run (or resume) the benchmark: per backbone, every target's fixed comparison, then the searches."""
+    """Run (or resume) the benchmark: per backbone and target, the fixed comparison, then the searches."""
     import torch
 
     torch.set_num_threads(1)
@@ -345,8 +345,8 @@ def run(targets: list[str] = typer.Option(TARGETS, "--target"), backbones: list[
     from promptsearch.library import read_manifest
 
     for bb in backbones:
-        for phase in phases:
-            for target in targets:
+        for target in targets:
+            for phase in phases:
                 rows = read_rows()
                 done = {r["key"] for r in rows}
                 libs = {r["key"]: r for r in rows if r["phase"] == "library"}
