@@ -1,46 +1,47 @@
-"""Search quality: the hypervolume each strategy finds within N trials, over a table of real trials.
+"""Search quality: strategies compared on exact tables of real trials (every candidate recorded).
 
-    python benchmarks/search_quality.py replay            # the figures and the plot (a minute)
-    nice -n 10 python benchmarks/search_quality.py record # (re)makes the table; resumable (~1 h)
+    python benchmarks/search_quality.py replay                       # the README table (minutes)
+    nice -n 15 python benchmarks/search_quality.py record --target pneumoniamnist --workers 2   # hours, resumable
 
-Figures: ``benchmarks/results/search_quality.md`` (+ ``_hv.png``, ``_curves.csv``); how the table
-was made and its noise: ``benchmarks/data/search_quality_breastmnist_mnv2_32px.md``.
+A *bench* (``BENCHES`` below) is a small search space whose every distinct candidate is trained
+with the project's own trial code (``promptsearch.trial.run_trial``) on one target, with two seeds,
+and recorded with its per-epoch validation curve. ``replay`` runs each strategy's ask/tell loop
+against the table: every proposal is answered **exactly** by a recorded trial of that candidate,
+with one of its recorded seeds drawn per lookup (so seed noise is part of the benchmark). There is
+no nearest-neighbour fallback: a proposal outside the table is a bug and stops the replay.
 
-``record`` runs real short trials (``promptsearch.trial.run_trial``: the ImageNet MobileNetV2 from
-``../shared/weights`` frozen, pixel prompts, BreastMNIST at a small working size) for candidates
-of ``medical.yaml`` fixed to ``module=pixel`` and appends one CSV row per finished trial, so an
-interrupted run loses nothing and picks up where it stopped. The first ``--spread`` candidates
-are also trained with other seeds, to measure seed-to-seed noise against candidate differences.
+Identity: a candidate's table key is its ``Candidate.key`` in the bench space; equivalent
+genomes (the space's canonical form) share a key, so a strategy that proposes an equivalent of a
+trial it already ran is told nothing new.
 
-Pixel prompt components are interchangeable learnable blocks: two genomes with the same decisions
-and the same *number* of components build identical models (same parameter shapes, same seeded
-initialisation), so a trial is determined by its *class* = (decisions, number of components). The
-table records a seeded random sample of classes. ``replay`` answers a strategy's proposal with the
-recorded row of its class; a class not in the table gets the **nearest recorded class** (Hamming
-distance over the decisions plus the difference in component count, ties to the earliest row) —
-nearest rather than a random table row, so the landscape keeps its neighbourhood structure, which
-is what evolution and the RL controller exploit; a random row would turn every unrecorded
-proposal into noise and hide the difference between strategies.
+Statistics (per bench, ``--seeds`` replays of ``--budget`` trials each): mean ± sd hypervolume at
+25 / 50 / 100 trials; a one-sided Mann-Whitney U test of each strategy against random at each
+budget (the replays are independent runs, so unpaired); trials to reach random's mean HV@100;
+the whole table's hypervolume (seed-averaged metrics) as the ceiling. Options are tuned on the
+``--tune`` bench and reported on the ``--report`` bench.
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
+import fcntl
 import json
 import math
 import os
 import random
-import re
-import shlex
 import sys
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import typer
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+DATA = HERE / "data"
+RESULTS = HERE / "results"
 sys.path.insert(0, str(REPO))
 
 from promptsearch.objectives import hypervolume, parse_objectives  # noqa: E402
@@ -48,350 +49,392 @@ from promptsearch.space import SearchSpace, load_space  # noqa: E402
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
 
-
-@app.callback()
-def _main() -> None:
-    """record | replay"""
-
-DEFAULT_TABLE = HERE / "data" / "search_quality_breastmnist_mnv2_32px.csv"
-FIELDS = ["phase", "class_key", "seed", "genome", "n_components", "architecture", "status", "reason",
-          "auc", "worst_class_recall", "accuracy", "balanced_accuracy", "prompt_params", "latency_ms",
-          "test_auc", "test_worst_class_recall", "wall_time_s", "finished_at"]
-# The benchmark's objectives: latency is recorded but left out — at a 32 px working size a pixel
-# prompt adds no measurable forward time, and wall-clock on a shared 2-core machine is noise.
+SHARED = REPO.parent / "shared"
+# The benchmark's objectives. Latency is recorded but left out: wall-clock on a shared 2-core
+# machine is noise; the backbone's cost shows in trainable parameters (its head) instead.
 BENCH_OBJECTIVES = parse_objectives(["auc", "worst_class_recall", "prompt_params"])
+METRICS = ("auc", "worst_class_recall", "accuracy", "balanced_accuracy", "prompt_params", "trainable_params",
+           "library_params", "latency_ms")
+FIELDS = ["key", "seed", "genome", "architecture", "status", "reason", *METRICS, "test_auc",
+          "test_worst_class_recall", "curve", "image_passes", "wall_time_s", "worker", "finished_at"]
 
 
-def bench_space() -> SearchSpace:
-    return load_space("medical").fix(module="pixel")
+@dataclass(frozen=True)
+class Bench:
+    """One exact table: a space, a target dataset and the recipe every candidate is trained with."""
+
+    name: str
+    space: str  # a space file
+    dataset: str  # a catalogue / MedMNIST name
+    data_root: Path
+    backbones: dict[str, dict[str, Any]]  # backbone decision choice -> BackboneSpec fields
+    libraries: dict[str, Path] = field(default_factory=dict)  # backbone choice -> library folder
+    epochs: int = 9  # rungs 1, 3, 9 of the early-stopping benchmark replay these curves
+    max_train_samples: int | None = 512
+    batch_size: int = 32
+    seeds: tuple[int, ...] = (0, 1)
+
+    @property
+    def table(self) -> Path:
+        return DATA / f"search_quality_{self.name}.csv"
+
+    def load_space(self) -> SearchSpace:
+        return load_space(self.space)
 
 
-def class_of(space: SearchSpace, genome: list[int] | tuple[int, ...]) -> str:
-    """The trial-determining part of a genome: active decisions + number of components on."""
-    arch = space.decode(genome)
-    n = sum(len(v) for v in arch.pop("components", {}).values())
-    return json.dumps({**arch, "n_components": n}, sort_keys=True)
+MEDMNIST = SHARED / "data" / "medmnist"
+FOLDERS = SHARED / "data" / "folders"
+LIBS = REPO / "artifacts" / "library_transfer"  # shared with benchmarks/library_transfer.py (same recipe)
+BACKBONES = {  # the bench spaces' backbone decision -> the frozen backbone
+    "mobilenet_v2": {"name": "torchvision:mobilenet_v2", "image_size": 32,
+                     "weights": str(SHARED / "weights" / "mobilenet_v2-b0353104.pth")},
+    "efficientnet_lite0": {"name": "tf_efficientnet_lite0", "image_size": 32,
+                           "weights": str(SHARED / "weights" / "tf_efficientnet_lite0_imagenet_timm.pth")},
+}
+LIBRARY_TAG = {"mobilenet_v2": "mnv2", "efficientnet_lite0": "effnet"}  # library_transfer.py's folder names
+BENCHES: dict[str, Bench] = {}
 
 
-def plan_classes(space: SearchSpace, n: int, seed: int = 0) -> list[tuple[int, ...]]:
-    """``n`` distinct classes drawn uniformly (seeded), each with a representative genome."""
-    rng = random.Random(seed)
-    decisions: set[tuple[int, ...]] = set()
-    nd = space.n_decisions
-    for g in itertools.product(*(range(len(x.choices)) for x in space.genes[:nd])):
-        decisions.add(space.canonical(list(g) + [1] * (len(space.genes) - nd))[:nd])
-    n_comp = len(space.genes) - nd
-    classes = sorted((d, k) for d in decisions for k in range(max(1, space.spec.min_components), n_comp + 1))
-    rng.shuffle(classes)
-    out = []
-    for d, k in classes[:n]:
-        on = set(rng.sample(range(n_comp), k))
-        out.append(space.canonical(list(d) + [int(i in on) for i in range(n_comp)]))
+def register_bench(bench: Bench) -> Bench:
+    BENCHES[bench.name] = bench
+    return bench
+
+
+# tune on PneumoniaMNIST (val 524), report on the brain MRI folder (val 200): see the space files
+for _target, _root in (("pneumoniamnist", MEDMNIST), ("brain_tumor_mri", FOLDERS)):
+    register_bench(Bench(name=_target, space=str(DATA / f"bench_{_target}.yaml"), dataset=_target, data_root=_root,
+                         backbones=BACKBONES,
+                         libraries={b: LIBS / f"{tag}-32-without-{_target}" for b, tag in LIBRARY_TAG.items()}))
+
+
+def ensure_library(bench: Bench, choice: str) -> Path:
+    """The bench's library for one backbone, built (or resumed) with library_transfer.py's recipe:
+    every catalogue source except the target and anything of its source."""
+    out = bench.libraries[choice]
+    if (out / "library.json").is_file():
+        return out
+    import importlib.util
+
+    from promptsearch.library import BuildConfig, build_library
+
+    spec = importlib.util.spec_from_file_location("library_transfer", HERE / "library_transfer.py")
+    lt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lt)
+    bb = bench.backbones[choice]
+    config = BuildConfig.make(datasets=lt.library_sources(bench.dataset), backbone=bb["name"],
+                              backbone_weights=bb["weights"], image_size=bb["image_size"], **lt.BUILD)
+    print(f"building library {out.name} from {list(config.datasets)}", flush=True)
+    build_library(config, out, data_root=MEDMNIST, folders_root=FOLDERS, threads=1)
     return out
 
 
+# --- the table ------------------------------------------------------------------------------------
 def read_rows(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         return []
     with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+        return [r for r in csv.DictReader(f) if r.get("key")]  # a torn last line has no key: dropped
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """One row, appended under an exclusive lock (several recording workers share the file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            if f.tell() == 0:
+                csv.DictWriter(f, fieldnames=FIELDS).writeheader()
+            csv.DictWriter(f, fieldnames=FIELDS).writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def candidates(space: SearchSpace) -> list:
+    """Every distinct candidate of the bench space (one per key)."""
+    seen: dict[str, Any] = {}
+    for c in space.enumerate():
+        seen.setdefault(c.key, c)
+    return list(seen.values())
+
+
+# --- recording ------------------------------------------------------------------------------------
+class Recorder:
+    """Trains candidates of one bench in this process (one torch thread), caching data and backbones."""
+
+    def __init__(self, bench: Bench, worker: int):
+        import torch
+
+        from promptsearch.data import load_dataset
+
+        torch.set_num_threads(1)
+        from promptsearch.library import bind_library
+
+        self.bench, self.worker = bench, worker
+        self.space = bench.load_space()
+        self.data = load_dataset(bench.dataset, root=bench.data_root)
+        self._backbones: dict[str, Any] = {}
+        # one copy of the bench space per backbone, bound to that backbone's library (blocks are
+        # learned on one frozen backbone); a candidate keeps its genome and its bench-space key
+        self.bound = {b: bind_library(self.space, ensure_library(bench, b)) for b in bench.libraries}
+
+    def backbone(self, choice: str):
+        from promptsearch.backbones import BackboneSpec, build_backbone
+
+        if choice not in self._backbones:
+            self._backbones[choice] = build_backbone(BackboneSpec(**self.bench.backbones[choice]))
+        return self._backbones[choice]
+
+    def run(self, cand, seed: int) -> dict[str, Any]:
+        from promptsearch.budget import Budget
+        from promptsearch.trial import run_trial
+
+        b = self.bench
+        arch = cand.architecture
+        choice = arch.get("backbone") or next(iter(b.backbones))
+        budget = Budget(epochs=b.epochs, batch_size=b.batch_size, max_train_samples=b.max_train_samples,
+                        threads=1, latency_repeats=5, device="cpu")
+        trial_cand = self.bound[choice].candidate(cand.genome) if self.bound else cand
+        r = run_trial(trial_cand, self.data, self.backbone(choice), budget, seed=seed)
+        m, t = r.metrics, r.test_metrics
+        curve = [{k: round(v, 6) for k, v in h.items() if k in ("epoch", "train_loss", "val_auc", "val_worst_class_recall")}
+                 for h in r.history]
+        n_train = min(len(self.data.train), b.max_train_samples or len(self.data.train))
+        return {"key": cand.key, "seed": seed, "genome": json.dumps(list(cand.genome)),
+                "architecture": json.dumps(arch, sort_keys=True), "status": r.status,
+                "reason": (r.reason or "").splitlines()[0][:300] if r.reason else "",
+                **{k: f"{m[k]:.6g}" if k in m else "" for k in METRICS},
+                "test_auc": f"{t['auc']:.6g}" if "auc" in t else "",
+                "test_worst_class_recall": f"{t['worst_class_recall']:.6g}" if "worst_class_recall" in t else "",
+                "curve": json.dumps(curve), "image_passes": n_train * len(r.history),
+                "wall_time_s": f"{r.wall_time_s:.2f}", "worker": self.worker,
+                "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _record_shard(args: tuple[str, int, int, int | None]) -> int:
+    name, worker, workers, limit = args
+    bench = BENCHES[name]
+    rec = Recorder(bench, worker)
+    done = {(r["key"], int(r["seed"])) for r in read_rows(bench.table)}
+    todo = [(c, s) for i, c in enumerate(candidates(rec.space)) for s in bench.seeds
+            if i % workers == worker and (c.key, s) not in done]
+    if limit is not None:
+        todo = todo[:limit]
+    for n, (cand, seed) in enumerate(todo, 1):
+        row = rec.run(cand, seed)
+        append_row(bench.table, row)
+        print(f"[w{worker} {n}/{len(todo)}] {row['status']} seed={seed} auc={row['auc'] or 'nan'} "
+              f"wcr={row['worst_class_recall'] or 'nan'} params={row['prompt_params'] or 'nan'} "
+              f"{row['wall_time_s']}s {row['architecture']}", flush=True)
+    return len(todo)
+
+
+def write_meta(bench: Bench) -> None:
+    import torch
+
+    meta = bench.table.with_suffix(".json")
+    if meta.exists():
+        return
+    space = bench.load_space()
+    meta.write_text(json.dumps({
+        "bench": bench.name, "space": str(Path(bench.space).name), "space_hash": space.hash,
+        "candidates": len(candidates(space)), "dataset": bench.dataset, "backbones": bench.backbones,
+        "libraries": {k: {"path": str(v.relative_to(REPO)), "version": json.loads((v / "library.json").read_text())["version"]}
+                      for k, v in bench.libraries.items()}, "epochs": bench.epochs,
+        "max_train_samples": bench.max_train_samples, "batch_size": bench.batch_size, "seeds": list(bench.seeds),
+        "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": "python benchmarks/search_quality.py record " + " ".join(sys.argv[2:])}, indent=2) + "\n")
 
 
 @app.command()
-def record(out: Path = typer.Option(DEFAULT_TABLE, help="CSV to append to (resumes if it exists)."),
-           n: int = typer.Option(300, help="Candidate classes in the table."),
-           spread: int = typer.Option(8, help="Candidates re-run with extra seeds to measure noise."),
-           spread_seeds: int = typer.Option(3, help="Seeds per spread candidate (seed 0 included)."),
-           dataset: str = typer.Option("breastmnist"),
-           image_size: int = typer.Option(32, help="Backbone working size (px)."),
-           epochs: int = typer.Option(3),
-           max_train_samples: int | None = typer.Option(None),
-           threads: int = typer.Option(1, help="torch threads (the machine is shared)."),
-           weights: Path = typer.Option(REPO.parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"),
-           data_root: Path = typer.Option(Path(os.environ.get("PROMPTSEARCH_DATA_ROOT", REPO.parent / "shared" / "data" / "medmnist"))),
-           plan_seed: int = typer.Option(0)) -> None:
-    """Run real trials and append them to the table (skips rows already there)."""
-    import torch
+def record(target: str = typer.Option(..., "--target", help=f"A bench: {', '.join(BENCHES) or '(none yet)'}."),
+           workers: int = typer.Option(1, help="Processes, one torch thread each."),
+           limit: int | None = typer.Option(None, help="At most this many new rows per worker (a smoke run).")) -> None:
+    """Train every candidate of a bench with each of its seeds; append rows (resumes where it stopped)."""
+    if target not in BENCHES:
+        raise typer.BadParameter(f"unknown bench {target!r}; known: {', '.join(BENCHES)}")
+    bench = BENCHES[target]
+    for choice in bench.libraries:  # built once, here, before any worker needs them
+        ensure_library(bench, choice)
+    write_meta(bench)
+    space = bench.load_space()
+    total = len(candidates(space)) * len(bench.seeds)
+    print(f"bench {bench.name}: {total} rows in all, {len(read_rows(bench.table))} recorded -> {bench.table}", flush=True)
+    if workers == 1:
+        _record_shard((target, 0, 1, limit))
+        return
+    import multiprocessing as mp
 
-    from promptsearch.data import load_dataset
-    from promptsearch.backbones import BackboneSpec, build_backbone
-    from promptsearch.trial import Budget, run_trial
-
-    torch.set_num_threads(threads)
-    space = bench_space()
-    data = load_dataset(dataset, root=data_root)
-    backbone = build_backbone(BackboneSpec(name="torchvision:mobilenet_v2", image_size=image_size, weights=str(weights)))
-    budget = Budget(epochs=epochs, batch_size=32, max_train_samples=max_train_samples, threads=threads, latency_repeats=5)
-    plan = plan_classes(space, n, plan_seed)
-    jobs = [("spread" if s else "table", g, s) for g in plan[:spread] for s in range(spread_seeds)]
-    jobs += [("table", g, 0) for g in plan[spread:]]
-    done = {(r["class_key"], int(r["seed"])) for r in read_rows(out)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists()
-    meta = out.with_suffix(".json")
-    if new:
-        meta.write_text(json.dumps({
-            "command": "python benchmarks/search_quality.py record " + " ".join(sys.argv[2:]),
-            "space": "medical.yaml fixed to module=pixel", "space_hash": space.hash, "dataset": dataset,
-            "backbone": "torchvision:mobilenet_v2 (ImageNet weights, frozen)", "weights": weights.name,
-            "image_size": image_size, "budget": budget.model_dump(), "n_classes": n, "plan_seed": plan_seed,
-            "spread": spread, "spread_seeds": spread_seeds, "torch": torch.__version__,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
-    todo = [j for j in jobs if (class_of(space, j[1]), j[2]) not in done]
-    print(f"{len(jobs) - len(todo)} rows done, {len(todo)} to go -> {out}", flush=True)
-    with out.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            w.writeheader()
-        for i, (phase, genome, seed) in enumerate(todo, 1):
-            cand = space.candidate(genome)
-            r = run_trial(cand, data, backbone, budget, seed=seed)
-            m, t = r.metrics, r.test_metrics
-            w.writerow({"phase": phase, "class_key": class_of(space, genome), "seed": seed,
-                        "genome": json.dumps(list(genome)), "n_components": space.n_components_on(genome),
-                        "architecture": json.dumps(cand.architecture, sort_keys=True), "status": r.status,
-                        "reason": (r.reason or "").splitlines()[0] if r.reason else "",
-                        **{k: f"{m[k]:.6g}" if k in m else "" for k in
-                           ("auc", "worst_class_recall", "accuracy", "balanced_accuracy", "prompt_params", "latency_ms")},
-                        "test_auc": f"{t['auc']:.6g}" if "auc" in t else "",
-                        "test_worst_class_recall": f"{t['worst_class_recall']:.6g}" if "worst_class_recall" in t else "",
-                        "wall_time_s": f"{r.wall_time_s:.2f}", "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")})
-            f.flush()
-            print(f"[{i}/{len(todo)}] {phase} seed={seed} {r.status} auc={m.get('auc', math.nan):.3f} "
-                  f"wcr={m.get('worst_class_recall', math.nan):.3f} params={m.get('prompt_params', math.nan):.0f} "
-                  f"{r.wall_time_s:.1f}s", flush=True)
+    with mp.get_context("spawn").Pool(workers) as pool:
+        pool.map(_record_shard, [(target, w, workers, limit) for w in range(workers)])
 
 
-# --- replay ------------------------------------------------------------------------------------
-REPLAY_STRATEGIES = ["random", "rl", "evolution", "regularized-evolution", "optuna-tpe", "optuna-nsga2"]
-BUDGETS = (25, 50, 100)
+# --- replay ---------------------------------------------------------------------------------------
+def arch_key(cand) -> str:
+    """A candidate's identity in a table: its canonical decoded architecture (the same in the
+    bench space and in any copy of it with some decisions pinned)."""
+    return json.dumps(cand.architecture, sort_keys=True)
 
 
-class TableOracle:
-    """Answers a candidate with a recorded trial: its class's row, else the nearest recorded class.
+class ExactOracle:
+    """Answers a candidate with one of its recorded trials (a seed drawn per lookup)."""
 
-    Distance = number of differing decisions + |difference in component count| / 4 (four more
-    components change the trial about as much as one decision); ties go to the earliest row.
-    Prompt parameters are exact for every candidate (computed from the prompt module alone, no
-    training), so only the trained metrics (AUC, worst-class recall) come from a neighbour.
-    """
+    def __init__(self, rows: Iterable[dict[str, str]]):
+        self.rows: dict[str, list[dict[str, str]]] = {}
+        for r in rows:
+            self.rows.setdefault(r["architecture"], []).append(r)
 
-    def __init__(self, rows: list[dict[str, str]], space: SearchSpace, image_size: int):
-        self.space, self.image_size = space, image_size
-        table = [r for r in rows if r["phase"] == "table" and int(r["seed"]) == 0]
-        self.rows = {r["class_key"]: r for r in table}
-        self.keys = list(self.rows)
-        self.features = [self._features(json.loads(self.rows[k]["genome"])) for k in self.keys]
-        self._params: dict[str, float] = {}
-        self.exact = self.nearest = 0
+    def result(self, cand, rng: random.Random) -> dict[str, Any]:
+        try:
+            options = self.rows[arch_key(cand)]
+        except KeyError:
+            raise LookupError(f"proposal outside the table (a bug): {cand.architecture}") from None
+        return as_result(rng.choice(options))
 
-    def _features(self, genome) -> tuple[tuple[int, ...], int]:
-        g = self.space.canonical(genome)
-        return g[: self.space.n_decisions], self.space.n_components_on(g)
-
-    def prompt_params(self, genome) -> float:
-        from promptsearch.prompts import PixelPrompt
-
-        key = class_of(self.space, genome)
-        if key not in self._params:
-            module = PixelPrompt(self.space.architecture(genome), self.image_size)
-            self._params[key] = float(sum(p.numel() for p in module.parameters()))
-        return self._params[key]
-
-    def row(self, genome) -> dict[str, str]:
-        key = class_of(self.space, genome)
-        if key in self.rows:
-            self.exact += 1
-            return self.rows[key]
-        self.nearest += 1
-        d0, n0 = self._features(genome)
-        dist = [sum(a != b for a, b in zip(d0, d)) + abs(n0 - n) / 4 for d, n in self.features]
-        return self.rows[self.keys[min(range(len(dist)), key=dist.__getitem__)]]
-
-    def result(self, cand):
-        from promptsearch.trial import TrialResult
-
-        r = self.row(cand.genome)
-        if r["status"] != "completed":
-            return TrialResult(candidate=cand.to_json(), status="failed", reason=r["reason"] or "failed in the table")
-        metrics = {k: float(r[k]) for k in ("auc", "worst_class_recall", "accuracy", "balanced_accuracy", "latency_ms")}
-        metrics["prompt_params"] = self.prompt_params(cand.genome)
-        return TrialResult(candidate=cand.to_json(), status="completed", metrics=metrics)
+    def mean_results(self) -> list[dict[str, Any]]:
+        """One result per candidate with its seeds' mean metrics (the table's ceiling)."""
+        out = []
+        for rows in self.rows.values():
+            ok = [r for r in rows if r["status"] == "completed"]
+            if not ok:
+                continue
+            metrics = {k: sum(float(r[k]) for r in ok) / len(ok) for k in ("auc", "worst_class_recall", "prompt_params")}
+            out.append({"status": "completed", "metrics": metrics})
+        return out
 
 
-def parse_label(label: str) -> tuple[str, dict]:
-    """``evolution[population_size=8,aging=true]`` -> ("evolution", {...}); values are YAML scalars."""
-    import yaml
-
-    m = re.fullmatch(r"([\w-]+)(?:\[(.*)\])?", label)
-    if not m:
-        raise typer.BadParameter(f"cannot read strategy {label!r}: write name or name[key=value,...]")
-    options = {}
-    for part in filter(None, (m[2] or "").split(",")):
-        k, _, v = part.partition("=")
-        options[k.strip()] = yaml.safe_load(v)
-    return m[1], options
+def as_result(r: dict[str, str]) -> dict[str, Any]:
+    if r["status"] != "completed":
+        return {"status": "failed", "metrics": {}}
+    return {"status": "completed", "metrics": {k: float(r[k]) for k in METRICS if r.get(k)}}
 
 
-def run_one(args: tuple[str, int, int, str, int]) -> tuple[str, int, list[float], float, tuple[int, int]]:
-    """One strategy, one seed: the hypervolume after each trial."""
-    import torch
-
+def replay_one(args: tuple) -> tuple[str, int, list[float], float]:
+    """One strategy run of ``budget`` sequential asks and tells: its running hypervolume.
+    ``args``: (strategy, bench, seed, budget, options JSON[, decisions to pin JSON])."""
     from promptsearch.strategies import make_strategy
 
-    name, seed, budget, table, image_size = args
-    torch.set_num_threads(1)
-    space = bench_space()
-    oracle = TableOracle(read_rows(Path(table)), space, image_size)
-    base, options = parse_label(name)
-    strategy = make_strategy(base, space, BENCH_OBJECTIVES, seed=seed, **options)
-    results, curve = [], []
+    strategy, bench_name, seed, budget, options, *rest = args
+    bench = BENCHES[bench_name]
+    space = bench.load_space()
+    if rest and rest[0]:
+        space = space.fix(**json.loads(rest[0]))
+    oracle = ExactOracle(read_rows(bench.table))
+    s = make_strategy(strategy, space, BENCH_OBJECTIVES, seed=seed, **json.loads(options or "{}"))
+    rng = random.Random(10_000 + seed)  # the seed draws: common to every strategy with this replay seed
+    told: list[dict[str, Any]] = []
+    curve = []
     t0 = time.process_time()
     for _ in range(budget):
-        cand = strategy.ask()
-        res = oracle.result(cand)
-        strategy.tell(cand.key, res)
-        results.append(res)
-        curve.append(hypervolume(results, BENCH_OBJECTIVES))
-    return name, seed, curve, time.process_time() - t0, (oracle.exact, oracle.nearest)
+        cand = s.ask()
+        res = oracle.result(cand, rng)
+        s.tell(cand.key, res)
+        told.append(res)
+        curve.append(hypervolume(told, BENCH_OBJECTIVES))
+    return strategy, seed, curve, time.process_time() - t0
 
 
-def spread_summary(rows: list[dict[str, str]]) -> dict[str, float]:
-    """Seed-to-seed spread (mean per-candidate std over seeds) vs spread between candidates."""
+STRATEGIES_DEFAULT = ["random", "rl", "evolution", "regularized-evolution", "optuna-tpe", "optuna-nsga2"]
+
+
+def summarise(bench: Bench, curves: dict[str, list[list[float]]], cpu: dict[str, float], budget: int) -> str:
     import numpy as np
+    from scipy.stats import mannwhitneyu
 
-    by_class: dict[str, list[dict[str, str]]] = {}
-    for r in rows:
-        if r["status"] == "completed":
-            by_class.setdefault(r["class_key"], []).append(r)
-    multi = [v for v in by_class.values() if len(v) > 1]
-    table = [r for r in rows if r["phase"] == "table" and r["status"] == "completed"]
-    out = {"spread_candidates": len(multi), "seeds_per_candidate": max((len(v) for v in multi), default=0)}
-    for m in ("auc", "worst_class_recall"):
-        seed_sd = float(np.mean([np.std([float(r[m]) for r in v], ddof=1) for v in multi])) if multi else math.nan
-        cand_sd = float(np.std([float(r[m]) for r in table], ddof=1))
-        out[f"{m}_seed_sd"], out[f"{m}_candidate_sd"] = seed_sd, cand_sd
-        out[f"{m}_range"] = (min(float(r[m]) for r in table), max(float(r[m]) for r in table))
-    return out
+    oracle = ExactOracle(read_rows(bench.table))
+    ceiling = hypervolume(oracle.mean_results(), BENCH_OBJECTIVES)
+    marks = [b for b in (25, 50, 100) if b <= budget]
+    base = np.array(curves["random"]) if "random" in curves else None
+    target = float(base[:, marks[-1] - 1].mean()) if base is not None else math.nan
+    lines = [f"bench `{bench.name}`: {len(oracle.rows)} candidates, {sum(map(len, oracle.rows.values()))} recorded trials; "
+             f"ceiling (whole table, seed-mean metrics) HV {ceiling:.4f}",
+             "", "| strategy | " + " | ".join(f"HV @{b} (p vs random)" for b in marks)
+             + f" | trials to random's HV@{marks[-1]} ({target:.4f}) | CPU s/run |",
+             "|---|" + "---|" * (len(marks) + 2)]
+    for name, runs in curves.items():
+        arr = np.array(runs)
+        cells = []
+        for b in marks:
+            v = arr[:, b - 1]
+            p = "" if name == "random" or base is None else \
+                f" (p={mannwhitneyu(v, base[:, b - 1], alternative='greater').pvalue:.3g})"
+            cells.append(f"{v.mean():.4f} ± {v.std(ddof=1):.4f}{p}")
+        mean = arr.mean(0)
+        hit = np.nonzero(mean >= target - 1e-12)[0]
+        reach = f"{int(hit[0]) + 1}" if len(hit) else f">{budget}"
+        per_seed = [int(np.nonzero(r >= target - 1e-12)[0][0]) + 1 for r in arr if (r >= target - 1e-12).any()]
+        reach += f" (mean curve); {len(per_seed)}/{len(arr)} seeds reach it" + \
+                 (f", median {int(np.median(per_seed))}" if per_seed else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {reach} | {cpu[name] / len(runs):.1f} |")
+    return "\n".join(lines)
 
 
 @app.command()
-def replay(table: Path = typer.Option(DEFAULT_TABLE, help="The recorded table (see `record`)."),
-           seeds: int = typer.Option(20, help="Seeds per strategy."),
-           budget: int = typer.Option(max(BUDGETS), help="Trials per run (figures at 25/50/100)."),
-           strategies: str = typer.Option(",".join(REPLAY_STRATEGIES),
-                                          help="Comma-separated registry names, each optionally name[key=value,...]."),
-           image_size: int = typer.Option(32, help="The working size the table was recorded at."),
-           jobs: int = typer.Option(1, help="Worker processes."),
-           out_dir: Path = typer.Option(HERE / "results", help="Where the summary, curves and plot go.")) -> None:
-    """Replay every strategy over the table; print hypervolume mean ± std per budget; save a plot."""
+def replay(benches: str = typer.Option(",".join(BENCHES), help="Comma-separated benches to report."),
+           strategies: str = typer.Option(",".join(STRATEGIES_DEFAULT)),
+           options: str = typer.Option("{}", help='JSON: {"strategy": {option: value}} applied in every bench.'),
+           seeds: int = typer.Option(20), budget: int = typer.Option(100),
+           workers: int = typer.Option(2), out: Path = typer.Option(RESULTS / "search_quality.md")) -> None:
+    """Replay every strategy ``seeds`` times on each bench; write the table, curves and plot."""
+    import multiprocessing as mp
+
+    opts = json.loads(options)
+    sections = [f"# Search quality (exact replay over recorded real trials)\n\n    python benchmarks/search_quality.py "
+                f"replay --seeds {seeds} --budget {budget}\n"]
+    for bench_name in filter(None, benches.split(",")):
+        bench = BENCHES[bench_name]
+        jobs = [(s, bench_name, seed, budget, json.dumps(opts.get(s, {}))) for s in strategies.split(",")
+                for seed in range(seeds)]
+        t0 = time.perf_counter()
+        with mp.get_context("spawn").Pool(workers) as pool:
+            results = pool.map(replay_one, jobs)
+        curves: dict[str, list[list[float]]] = {}
+        cpu: dict[str, float] = {}
+        for name, _, curve, c in results:
+            curves.setdefault(name, []).append(curve)
+            cpu[name] = cpu.get(name, 0.0) + c
+        sections.append(f"## {bench_name}\n\n" + summarise(bench, curves, cpu, budget)
+                        + f"\n\nreplay wall time {time.perf_counter() - t0:.0f} s ({workers} processes)\n")
+        write_curves(RESULTS / f"search_quality_{bench_name}_curves.csv", curves)
+        plot(RESULTS / f"search_quality_{bench_name}_hv.png", bench_name, curves)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(sections))
+    print(out.read_text())
+
+
+def write_curves(path: Path, curves: dict[str, list[list[float]]]) -> None:
     import numpy as np
 
-    rows = read_rows(table)
-    if not rows:
-        raise typer.BadParameter(f"no table at {table}: run `python benchmarks/search_quality.py record` first")
-    space = bench_space()
-    oracle = TableOracle(rows, space, image_size)
-    done = [r for r in rows if r["phase"] == "table" and r["status"] == "completed"]
-    table_values = [{"status": "completed", "metrics": {"auc": float(r["auc"]), "worst_class_recall": float(r["worst_class_recall"]),
-                                                         "prompt_params": float(r["prompt_params"])}} for r in done]
-    spread = spread_summary(rows)
-    names = [n.strip() for n in re.split(r",(?![^\[]*\])", strategies) if n.strip()]
-    work = [(n, s, budget, str(table), image_size) for n in names for s in range(seeds)]
-    t0 = time.time()
-    if jobs > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(jobs) as pool:
-            runs = list(pool.map(run_one, work))
-    else:
-        runs = [run_one(w) for w in work]
-    curves = {n: np.array([r[2] for r in runs if r[0] == n]) for n in names}  # (seeds, budget)
-    cpu = {n: float(np.mean([r[3] for r in runs if r[0] == n])) for n in names}
-    exact = sum(r[4][0] for r in runs)
-    nearest = sum(r[4][1] for r in runs)
-
-    budgets = [b for b in BUDGETS if b <= budget]
-    ref = float(curves["random"][:, budget - 1].mean()) if "random" in curves else math.nan
-    lines = [f"table: {len(oracle.rows)} recorded candidate classes ({len(done)} completed) of "
-             f"{len(plan_classes(space, 10**9))}; space size {space.size()}; objectives "
-             f"{', '.join(o.name + ' ' + o.direction for o in BENCH_OBJECTIVES)}",
-             f"noise: AUC seed-to-seed sd {spread['auc_seed_sd']:.3f} vs between candidates {spread['auc_candidate_sd']:.3f}; "
-             f"worst-class recall {spread['worst_class_recall_seed_sd']:.3f} vs {spread['worst_class_recall_candidate_sd']:.3f} "
-             f"({spread['spread_candidates']} candidates x {spread['seeds_per_candidate']} seeds)",
-             f"hypervolume of the whole table: {hypervolume(table_values, BENCH_OBJECTIVES):.4f}",
-             f"{seeds} seeds per strategy, {budget} trials each, asks and tells one at a time", "",
-             "| strategy | " + " | ".join(f"HV @{b}" for b in budgets) + f" | trials to random's HV@{budget} ({ref:.4f}) | CPU s/run |",
-             "|---|" + "---|" * (len(budgets) + 2)]
-    for n in names:
-        c = curves[n]
-        mean = c.mean(0)
-        reach = next((t + 1 for t in range(budget) if mean[t] >= ref), None)
-        per_seed = [next((t + 1 for t in range(budget) if row[t] >= ref), None) for row in c]
-        hit = [x for x in per_seed if x is not None]
-        reach_txt = (f"{reach} (mean curve); median seed {int(np.median(hit))}, {len(hit)}/{len(per_seed)} seeds reach it"
-                     if reach else f">{budget} (mean curve); {len(hit)}/{len(per_seed)} seeds reach it")
-        lines.append(f"| {n} | " + " | ".join(f"{c[:, b - 1].mean():.4f} ± {c[:, b - 1].std(ddof=1):.4f}" for b in budgets)
-                     + f" | {reach_txt} | {cpu[n]:.1f} |")
-    lines += ["", f"lookups: {exact} answered by the candidate's own class, {nearest} by the nearest recorded class "
-                  f"({100 * exact / max(1, exact + nearest):.1f}% exact); replay wall time {time.time() - t0:.0f} s"]
-    text = "\n".join(lines)
-    print(text)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "search_quality.md").write_text(
-        "# Search quality (replayed over recorded real trials)\n\n"
-        "    python benchmarks/search_quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n\n" + text + "\n")
-    with (out_dir / "search_quality_curves.csv").open("w", newline="") as f:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["strategy", "seed"] + [f"hv_{t + 1}" for t in range(budget)])
-        for r in runs:
-            w.writerow([r[0], r[1]] + [f"{x:.6f}" for x in r[2]])
-    save_plot(curves, out_dir / "search_quality_hv.png", f"{len(oracle.rows)} recorded classes")
-    print(f"wrote {out_dir / 'search_quality.md'}, {out_dir / 'search_quality_curves.csv'}, {out_dir / 'search_quality_hv.png'}")
+        w.writerow(["trial", *[f"{n}_{s}" for n in curves for s in ("mean", "sd")]])
+        arrs = {n: np.array(c) for n, c in curves.items()}
+        for t in range(len(next(iter(arrs.values()))[0])):
+            w.writerow([t + 1, *[f"{x:.5f}" for n in arrs for x in (arrs[n][:, t].mean(), arrs[n][:, t].std(ddof=1))]])
 
 
-def save_plot(curves: dict, path: Path, note: str = "") -> None:
-    """Mean hypervolume against trials per strategy, with a standard-error band."""
+def plot(path: Path, title: str, curves: dict[str, list[list[float]]]) -> None:
     import matplotlib
-    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    any_curve = next(iter(curves.values()))
-    seeds, budget = any_curve.shape
-    x = np.arange(1, budget + 1)
-    for n, c in curves.items():  # mean over seeds, band = standard error of the mean
-        m, se = c.mean(0), c.std(0, ddof=1) / math.sqrt(seeds)
-        ax.plot(x, m, label=n)
-        ax.fill_between(x, m - se, m + se, alpha=0.15)
-    if "random" in curves:
-        ax.axhline(curves["random"][:, -1].mean(), color="grey", ls=":", lw=1, label=f"random @ {budget}")
-    ax.set_xlabel("trials")
-    ax.set_ylabel("hypervolume (normalised)")
-    ax.set_ylim(bottom=float(min(c[:, min(9, budget - 1)].mean() for c in curves.values())) - 0.02)
-    ax.set_title(f"BreastMNIST, MobileNetV2 + pixel prompts ({note}); mean ± s.e. over {seeds} seeds", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-@app.command()
-def plot(curves_csv: Path = typer.Option(HERE / "results" / "search_quality_curves.csv"),
-         out: Path = typer.Option(HERE / "results" / "search_quality_hv.png"),
-         note: str = typer.Option("300 recorded classes")) -> None:
-    """Redraw the plot from a replay's curves CSV."""
     import numpy as np
 
-    runs: dict[str, list[list[float]]] = {}
-    for r in read_rows(curves_csv):
-        runs.setdefault(r["strategy"], []).append([float(v) for k, v in r.items() if k.startswith("hv_")])
-    save_plot({k: np.array(v) for k, v in runs.items()}, out, note)
-    print(f"wrote {out}")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, runs in curves.items():
+        arr = np.array(runs)
+        x = np.arange(1, arr.shape[1] + 1)
+        m, sd = arr.mean(0), arr.std(0, ddof=1) / math.sqrt(len(arr))
+        ax.plot(x, m, label=name)
+        ax.fill_between(x, m - sd, m + sd, alpha=0.15)
+    ax.set_xlabel("trials"), ax.set_ylabel("hypervolume (mean ± s.e.)"), ax.set_title(title)
+    ax.legend(fontsize=8), ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
 
 if __name__ == "__main__":
     app()

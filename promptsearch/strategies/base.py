@@ -70,6 +70,42 @@ class Observation:
         return cls(tuple(d["genome"]), None if d["values"] is None else tuple(d["values"]), float(d["reward"]))
 
 
+def nondominated(points: Sequence[Sequence[float]]) -> list[list[float]]:
+    """The non-dominated points (all coordinates maximised), duplicates kept once."""
+    pts = [list(p) for p in points]
+    keep = []
+    for i, p in enumerate(pts):
+        dominated = any(all(q[k] >= p[k] for k in range(len(p))) and (q != p or j < i) for j, q in enumerate(pts) if j != i)
+        if not dominated:
+            keep.append(p)
+    return keep
+
+
+def hv_gain(front: Sequence[Sequence[float]], point: Sequence[float]) -> float:
+    """The hypervolume ``point`` adds to ``front`` in the normalised cube (all maximised, reference
+    at the origin); 0 for a dominated point."""
+    import moocore
+    import numpy as np
+
+    if any(v <= 0 for v in point):
+        return 0.0
+    if any(all(q[k] >= point[k] for k in range(len(point))) for q in front):
+        return 0.0
+    ref = np.zeros(len(point))
+    before = float(moocore.hypervolume(np.array(front), ref=ref, maximise=True)) if len(front) else 0.0
+    after = float(moocore.hypervolume(np.array([*front, list(point)]), ref=ref, maximise=True))
+    return max(0.0, after - before)
+
+
+def front_distance(front: Sequence[Sequence[float]], point: Sequence[float]) -> float:
+    """How far ``point`` is behind ``front`` (all maximised): the smallest amount every coordinate
+    of it must grow by for no front point to dominate it (the additive epsilon indicator); 0 for a
+    point on or beyond the front."""
+    if not front:
+        return 0.0
+    return max(0.0, min(min(q[k] - point[k] for k in range(len(point))) for q in front))
+
+
 def rng_to_json(rng: random.Random) -> list:
     v, internal, gauss = rng.getstate()
     return [v, list(internal), gauss]
@@ -225,7 +261,6 @@ class Strategy(ABC):
 
     def _load_own_state(self, state: Mapping[str, Any]) -> None:
         self._load_state(state)
-
 
     # --- helpers --------------------------------------------------------------------------------
     def _valid(self, genome: Sequence[int]) -> Genome:

@@ -15,10 +15,16 @@ from the last complete generation. Which individual goes:
 * ``aging=True`` (regularized evolution, Real et al. 2019): the oldest individual dies.
 
 Parents: ``tournament_size`` individuals drawn at random, the best by (Pareto rank, crowding
-distance) over the whole population wins. Child: DEAP's ``cxUniform`` with probability
-``crossover_prob`` (else a copy of the first parent), then DEAP's ``mutUniformInt`` on the
-*active* genes only, each resampled with probability ``mutation_rate`` (default 1 / active
-genes) within its own choices; the result is made canonical and repaired to the constraint by
+distance) over the whole population wins. Child, with probability ``crossover_prob`` (else a copy
+of the first parent): DEAP's ``cxUniform`` on the decisions; the components are a *set*
+(``set_variation``, default): the child keeps the components both parents have and takes each
+one only one parent has with probability 1/2 (the set the two parents' sets bound), instead of
+per-gene swaps that ignore which components travel together. Mutation then *always changes the
+genome*: one active gene (a decision, or for the components one set move: add, drop, or swap a
+component for one that is off) is changed to a different value, and every other active decision
+is resampled with probability ``mutation_rate`` (default 1 / active genes) by DEAP's
+``mutUniformInt`` — a child equal to its parent is never proposed (``always_mutate=False`` gives
+the plain per-gene mutation back). The result is made canonical and repaired to the constraint by
 ``ask``. Fitness is the normalised objective vector (1 = best; prompt parameters on a log scale),
 so crowding is measured on the same scale as the hypervolume. Failed trials never enter the
 population. Individuals are plain data (genome, values, birth): no DEAP ``creator`` classes.
@@ -64,6 +70,8 @@ class EvolutionStrategy(Strategy):
                  mutation_rate: float | None = None,  # per active gene; None = 1 / active genes
                  aging: bool = False,  # True = regularized evolution (oldest dies)
                  steady_state: bool = True,  # False = generational (mu + lambda) replacement
+                 always_mutate: bool = True,  # every child differs from its parent in >= 1 gene
+                 set_variation: bool = True,  # components cross and mutate as a set (add/drop/swap)
                  **common: Any):
         super().__init__(space, objectives, seed, **common)
         if not (population_size >= 2 and tournament_size >= 1 and 0 <= crossover_prob <= 1
@@ -73,6 +81,7 @@ class EvolutionStrategy(Strategy):
         self.population_size, self.tournament_size = population_size, tournament_size
         self.crossover_prob, self.mutation_rate, self.aging = crossover_prob, mutation_rate, aging
         self.steady_state = steady_state
+        self.always_mutate, self.set_variation = always_mutate, set_variation
         self.population: list[dict[str, Any]] = []  # {"genome", "values", "birth"}, insertion order
         self.offspring: list[dict[str, Any]] = []  # generational mode: results of this generation
         self.births = 0
@@ -88,18 +97,56 @@ class EvolutionStrategy(Strategy):
         ranks = nondominated_ranks(values, self._maximised)
         crowd = crowding_distance(values, ranks)
         p1, p2 = (self.population[self._tournament(ranks, crowd)]["genome"] for _ in range(2))
+        nd = self.space.n_decisions
         child1, child2 = list(p1), list(p2)
         active = [i for i, a in enumerate(self.space.active(p1)) if a and len(self.space.genes[i].choices) > 1]
+        decisions = [i for i in active if i < nd]
+        set_genes = self.set_variation and len(self.space.genes) > nd
         rate = self.mutation_rate if self.mutation_rate is not None else 1.0 / max(1, len(active))
         with deap_rng(self.rng):
             if random.random() < self.crossover_prob:
-                tools.cxUniform(child1, child2, indpb=0.5)
-            genes = [child1[i] for i in active]
-            tools.mutUniformInt(genes, low=[0] * len(active),
-                                up=[len(self.space.genes[i].choices) - 1 for i in active], indpb=rate)
-        for i, v in zip(active, genes):
-            child1[i] = v
+                if set_genes:
+                    d1, d2 = child1[:nd], child2[:nd]
+                    tools.cxUniform(d1, d2, indpb=0.5)
+                    child1[:nd] = d1
+                    child1[nd:] = [a if a == b else int(random.random() < 0.5) for a, b in zip(p1[nd:], p2[nd:])]
+                else:
+                    tools.cxUniform(child1, child2, indpb=0.5)
+            pool = decisions if set_genes else active
+            genes = [child1[i] for i in pool]
+            tools.mutUniformInt(genes, low=[0] * len(pool),
+                                up=[len(self.space.genes[i].choices) - 1 for i in pool], indpb=rate)
+            for i, v in zip(pool, genes):
+                child1[i] = v
+            if self.always_mutate and self.space.canonical(child1) == self.space.canonical(p1):
+                self._change_one(child1, decisions if set_genes else active, set_genes)
         return child1
+
+    def _change_one(self, genome: list[int], decisions: list[int], set_genes: bool) -> None:
+        """Change one thing (global ``random``, i.e. this strategy's RNG under ``deap_rng``): a
+        decision to another choice, or (components as a set) add, drop or swap one component."""
+        nd = self.space.n_decisions
+        moves = [("decision", i) for i in decisions]
+        if set_genes:
+            on = [i for i in range(nd, len(genome)) if genome[i]]
+            off = [i for i in range(nd, len(genome)) if not genome[i]]
+            if off:
+                moves.append(("add", None))
+            if len(on) > self.space.spec.min_components:
+                moves.append(("drop", None))
+            if on and off:
+                moves.append(("swap", None))
+        if not moves:
+            return
+        kind, i = random.choice(moves)
+        if kind == "decision":
+            genome[i] = random.choice([v for v in range(len(self.space.genes[i].choices)) if v != genome[i]])
+        elif kind == "add":
+            genome[random.choice(off)] = 1
+        elif kind == "drop":
+            genome[random.choice(on)] = 0
+        else:
+            genome[random.choice(on)], genome[random.choice(off)] = 0, 1
 
     def _tournament(self, ranks: np.ndarray, crowd: np.ndarray) -> int:
         contenders = self.rng.sample(range(len(self.population)), min(self.tournament_size, len(self.population)))

@@ -1,4 +1,4 @@
-"""RL: an LSTM controller trained with REINFORCE (ENAS, Pham et al. 2018) on the scalarized reward.
+"""RL: an LSTM controller trained with REINFORCE (ENAS, Pham et al. 2018) on a hypervolume-gain reward.
 
     python -c "from promptsearch.strategies import make_strategy; from promptsearch.space import load_space; s = make_strategy('rl', load_space('medical'), seed=0); print(s.ask().architecture)"
 
@@ -9,12 +9,22 @@ first), a per-gene linear head gives logits, and ENAS's sampling logits are used
 ``tanh_constant * tanh(logits / temperature)``. The space's constraint (``min_components``) is
 kept by masking "off" when the remaining components are all needed, so every sample is valid.
 
-Training is REINFORCE, one Adam step per ``batch_size`` new results (as they arrive, in any
-order): ``loss = -mean((r - b) * log p(genome)) - entropy_weight * mean(H)``, where ``b`` is an
-exponential moving average of rewards (started at the first batch's mean so early advantages are
-centred, not all positive). Log-probabilities are recomputed under the current controller, so
-only genomes and rewards are kept. The state holds the parameters, Adam's moments, the sampling
-generator, the baseline and the unused results: restore is exact.
+Reward (``reward``): ``"hv"`` (default) is the hypervolume a result adds to the front of the
+results told before it, in the normalised objective cube the job's hypervolume is measured in,
+plus ``scalar_weight`` times the scalarized reward so dominated results still rank (a multi-
+objective search's product is the front, and a scalar alone pulls every sample towards one
+trade-off); ``"scalar"`` is the scalarized reward alone (ENAS). The first ``warmup`` asks are
+uniform samples (still told to the controller), so the policy learns from a spread of results
+before it narrows.
+
+Training is REINFORCE, ``update_steps`` Adam steps per ``batch_size`` new results (as they
+arrive, in any order): ``loss = -mean(A * log p(genome)) - entropy_weight * mean(H)`` with the
+advantage ``A = (r - b) / s``: ``b`` an exponential moving average of rewards (started at the
+first batch's mean so early advantages are centred), ``s`` the running standard deviation of
+rewards (hypervolume gains are small numbers). Log-probabilities are recomputed under the
+current controller, so only genomes and rewards are kept. The state holds the parameters, Adam's
+moments, the sampling generator, the baseline, the reward scale, the front and the unused
+results: restore is exact.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import torch
 from torch import nn
 
 from ..threads import torch_threads
-from .base import STRATEGIES, Genome, Observation, Strategy
+from .base import STRATEGIES, Genome, Observation, Strategy, front_distance, hv_gain, nondominated
 
 
 class Controller(nn.Module):
@@ -90,12 +100,19 @@ class RLStrategy(Strategy):
                  tanh_constant: float = 2.5,  # ... then 2.5 * tanh(.): no choice is ever ruled out
                  entropy_weight: float = 1e-4,  # ENAS's entropy bonus
                  baseline_decay: float = 0.95,  # EMA of rewards (ENAS: 0.99, for much longer runs)
+                 reward: str = "hv",  # "hv": hypervolume gain (+ scalar_weight x scalar); "scalar": ENAS's
+                 scalar_weight: float = 0.1,  # keeps dominated results ranked under the "hv" reward
+                 warmup: int = 8,  # uniform asks before the controller samples
+                 update_steps: int = 1,  # Adam steps per batch (more reuse each reward; 1 = ENAS)
                  **common: Any):
         super().__init__(space, objectives, seed, **common)
         if not (hidden >= 1 and lr > 0 and batch_size >= 1 and temperature > 0 and tanh_constant > 0
-                and entropy_weight >= 0 and 0 <= baseline_decay < 1):
+                and entropy_weight >= 0 and 0 <= baseline_decay < 1 and reward in ("hv", "scalar")
+                and scalar_weight >= 0 and warmup >= 0 and update_steps >= 1):
             raise ValueError("rl options out of range: hidden>=1, lr>0, batch_size>=1, temperature>0, "
-                             "tanh_constant>0, entropy_weight>=0, 0<=baseline_decay<1")
+                             "tanh_constant>0, entropy_weight>=0, 0<=baseline_decay<1, reward hv|scalar, "
+                             "scalar_weight>=0, warmup>=0, update_steps>=1")
+        self.reward_kind, self.scalar_weight, self.warmup, self.update_steps = reward, scalar_weight, warmup, update_steps
         self.lr, self.batch_size = lr, batch_size
         self.temperature, self.tanh_constant = temperature, tanh_constant
         self.entropy_weight, self.baseline_decay = entropy_weight, baseline_decay
@@ -105,6 +122,7 @@ class RLStrategy(Strategy):
         self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=lr)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.baseline: float | None = None
+        self.moments = [0, 0.0, 0.0]  # rewards seen, their mean and sum of squared deviations (Welford)
         self.buffer: list[tuple[Genome, float]] = []  # results not yet used for an update
         self.updates = 0
 
@@ -150,6 +168,8 @@ class RLStrategy(Strategy):
         return G, logp, ent
 
     def _propose(self) -> Sequence[int]:
+        if len(self.asked) < self.warmup:
+            return self.space.sample(self.rng).genome
         with torch.no_grad(), torch_threads(1):  # tiny ops: more threads only spin (5x slower on a busy CPU)
             return self._walk(None)[0][0]
 
@@ -159,16 +179,45 @@ class RLStrategy(Strategy):
             with torch_threads(1):
                 self._update()
 
+    def _rewards(self, batch: Sequence[tuple[Genome, float]]) -> torch.Tensor:
+        """Each batch result's reward, all measured against one front (that of every result told so
+        far): on the front, the hypervolume only it holds; behind it, minus its distance to it."""
+        if self.reward_kind == "scalar":
+            return torch.tensor([r for _, r in batch])  # (n,)
+        values = {tuple(o.genome): list(o.values) for o in self.told if o.ok}
+        front = nondominated(list(values.values()))
+        out = []
+        for genome, scalar in batch:
+            v = values.get(tuple(genome))
+            if v is None:
+                r = -1.0  # failed: behind any front
+            elif v in front:
+                r = hv_gain([q for q in front if q != v], v)
+            else:
+                r = -front_distance(front, v)
+            out.append(r + self.scalar_weight * scalar)
+        return torch.tensor(out)  # (n,)
+
     def _update(self) -> None:
         batch, self.buffer = self.buffer, []
-        rewards = torch.tensor([r for _, r in batch])  # (n,)
+        rewards = self._rewards(batch)  # (n,)
+        for r in rewards.tolist():
+            n, mean, m2 = self.moments
+            n += 1
+            delta = r - mean
+            mean += delta / n
+            self.moments = [n, mean, m2 + delta * (r - mean)]
         mean = float(rewards.mean())
         baseline = mean if self.baseline is None else self.baseline
-        _, logp, ent = self._walk([g for g, _ in batch])  # (n,), (n,)
-        loss = -((rewards - baseline) * logp).mean() - self.entropy_weight * ent.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        n, _, m2 = self.moments
+        scale = max((m2 / (n - 1)) ** 0.5 if n > 1 else 0.0, 1e-6)
+        advantage = (rewards - baseline) / scale  # (n,)
+        for _ in range(self.update_steps):
+            _, logp, ent = self._walk([g for g, _ in batch])  # (n,), (n,)
+            loss = -(advantage * logp).mean() - self.entropy_weight * ent.mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
         self.baseline = mean if self.baseline is None else self.baseline_decay * self.baseline + (1 - self.baseline_decay) * mean
         self.updates += 1
 
@@ -177,7 +226,8 @@ class RLStrategy(Strategy):
         return {"controller": {k: _tensor_to_json(v) for k, v in self.controller.state_dict().items()},
                 "optimizer": _to_json(self.optimizer.state_dict()),
                 "generator": base64.b64encode(self.generator.get_state().numpy().tobytes()).decode(),
-                "baseline": self.baseline, "buffer": [[list(g), r] for g, r in self.buffer], "updates": self.updates}
+                "baseline": self.baseline, "buffer": [[list(g), r] for g, r in self.buffer], "updates": self.updates,
+                "moments": list(self.moments)}
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
         self.controller.load_state_dict({k: _tensor_from_json(v) for k, v in state["controller"].items()})
@@ -187,3 +237,4 @@ class RLStrategy(Strategy):
         self.baseline = state["baseline"]
         self.buffer = [(tuple(g), float(r)) for g, r in state["buffer"]]
         self.updates = int(state["updates"])
+        self.moments = [int(state["moments"][0]), float(state["moments"][1]), float(state["moments"][2])]
