@@ -67,7 +67,7 @@ def fit(loop: SearchLoop, address: str | None) -> None:
         searcher = StrategySearcher(loop)
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(train_trial, job=trial_payload(loop)), loop.spec.resources.ray()),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=loop.spec.trials - loop.finished,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,  # the loop says when it has enough
                                         max_concurrent_trials=loop.spec.concurrency,
                                         reuse_actors=True,  # one worker process per slot runs many trials
                                         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),

@@ -43,8 +43,8 @@ class StrategySearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         self.flush_errors()
         config = self.loop.ask(trial_id)
-        if config is FINISHED:
-            return Searcher.FINISHED
+        if config is FINISHED:  # None: ask again later (a trial in flight may need a re-run)
+            return None if self.loop.waiting() else Searcher.FINISHED
         self.trials[trial_id] = config["trial_id"]
         return config
 

@@ -326,6 +326,12 @@ class SearchLoop:
                 self.stop_reason = "cancelled"
         return self.stop_reason is not None
 
+    def waiting(self) -> bool:
+        """Whether a :data:`FINISHED` from :meth:`ask` means "not now": the job is not stopping and
+        is short of its trials, so a trial in flight that is preempted (its worker died) will be
+        re-run — the dispatcher asks again later instead of finishing."""
+        return not self.should_stop() and self.finished < self.spec.trials
+
     def _stop_text(self) -> str:
         return {"cancelled": "job cancelled", "interrupted": "job interrupted",
                 "failed": "job stopped after too many failures"}.get(self.stop_reason or "", "coordinator stopped")
