@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -302,6 +303,52 @@ _COND = re.compile(r"^\s*(?P<name>[A-Za-z0-9_.]+)\s*(?P<op><=|>=|==|<|>)\s*(?P<v
 _OPS = {"<=": np.less_equal, ">=": np.greater_equal, "<": np.less, ">": np.greater, "==": np.equal}
 
 
+# --- constraints: the 'where' of pick rules, the dashboard's constraint box ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    op: str
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.op} {self.value:g}"
+
+
+def parse_where(text: str, known: Iterable[str] | None = None) -> list[Condition]:
+    """``"prompt_params <= 10000 and worst_class_recall >= 0.6"`` -> conditions (``<=, <, >=, >,
+    ==`` on a metric, parts joined by ``and``; a leading ``where`` is allowed). ``known``: the
+    metric names a condition may use (a misspelt name would silently match nothing)."""
+    body = re.sub(r"^\s*where\s+", "", text or "")
+    if not body.strip():
+        raise ObjectiveError("empty constraint: write e.g. 'prompt_params <= 10000 and worst_class_recall >= 0.6'")
+    known = set(known) if known is not None else None
+    out = []
+    for part in re.split(r"\s+and\s+", body.strip()):
+        c = _COND.match(part)
+        if not c:
+            raise ObjectiveError(f"cannot read condition {part!r} (write e.g. 'prompt_params <= 10000'; "
+                                 f"operators {', '.join(_OPS)}; join conditions with 'and')")
+        try:
+            value = float(c["value"])
+        except ValueError:
+            raise ObjectiveError(f"condition {part!r}: {c['value']!r} is not a number") from None
+        if known is not None and c["name"] not in known:
+            raise ObjectiveError(f"condition {part!r}: unknown metric {c['name']!r} (known: {', '.join(sorted(known))})")
+        out.append(Condition(c["name"], c["op"], value))
+    return out
+
+
+def where_matches(results: Sequence[Any], objectives: Sequence[Objective],
+                  conditions: Sequence[Condition]) -> list[int]:
+    """Indices of the trials ``pick`` chooses among: usable (completed, every objective finite)
+    and meeting every condition with a finite value."""
+    out = []
+    for i in usable_indices(results, objectives):
+        if all(math.isfinite(v := _metric(results, i, c.name)) and bool(_OPS[c.op](v, c.value)) for c in conditions):
+            out.append(i)
+    return out
+
+
 def _metric(results: Sequence[Any], i: int, name: str) -> float:
     try:
         return float(_status_metrics(results[i])[1][name])
@@ -338,14 +385,12 @@ def pick(results: Sequence[Any], objectives: Sequence[Objective] = DEFAULT_OBJEC
     by_name = {o.name: j for j, o in enumerate(objectives)}
     if name not in by_name:
         raise ObjectiveError(f"pick rule {rule!r}: {name!r} is not an objective ({', '.join(by_name)})")
-    keep = np.ones(len(idx), dtype=bool)
-    if m["where"]:
-        for part in re.split(r"\s+and\s+", m["where"].strip()):
-            c = _COND.match(part)
-            if not c:
-                raise ObjectiveError(f"pick rule {rule!r}: cannot read condition {part!r} (write e.g. 'prompt_params <= 10000')")
-            col = np.array([_metric(results, i, c["name"]) for i in idx])
-            keep &= _OPS[c["op"]](col, float(c["value"])) & np.isfinite(col)
+    try:
+        conditions = parse_where(m["where"]) if m["where"] else []
+    except ObjectiveError as e:
+        raise ObjectiveError(f"pick rule {rule!r}: {e}") from None
+    allowed = set(where_matches(results, objectives, conditions))
+    keep = np.array([i in allowed for i in idx], dtype=bool)
     if not keep.any():
         raise ObjectiveError(f"pick rule {rule!r}: no completed trial meets the condition")
     o = objectives[by_name[name]]

@@ -22,12 +22,10 @@ import csv
 import datetime as dt
 import io
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from ..objectives import _COND, _OPS, Objective, ObjectiveError, front_ranks, normalised_values, objective_row
+from ..objectives import Condition, Objective, ObjectiveError, front_ranks, normalised_values, objective_row, parse_where, where_matches  # noqa: F401
 from ..space import SearchSpace, SpaceFile
 
 INACTIVE = "n/a"  # a decision switched off by another's value (``when``): its own category for fANOVA
@@ -126,61 +124,6 @@ def rows_csv(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
     for row in rows:
         w.writerow([_cell(row.get(c)) for c in columns])
     return buf.getvalue()
-
-
-# --- constraints: --pick's where ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Condition:
-    name: str
-    op: str
-    value: float
-
-    def __str__(self) -> str:
-        return f"{self.name} {self.op} {self.value:g}"
-
-
-def parse_where(text: str, known: Iterable[str] | None = None) -> list[Condition]:
-    """``"prompt_params <= 10000 and worst_class_recall >= 0.6"`` -> conditions, read with the
-    grammar of :func:`~promptsearch.objectives.pick`'s ``where`` (its condition pattern and
-    operators, parts joined by ``and``); a leading ``where`` is allowed. ``known``: the metric
-    names a condition may use (a misspelt name would silently match nothing)."""
-    body = re.sub(r"^\s*where\s+", "", text or "")
-    if not body.strip():
-        raise ObjectiveError("empty constraint: write e.g. 'prompt_params <= 10000 and worst_class_recall >= 0.6'")
-    known = set(known) if known is not None else None
-    out = []
-    for part in re.split(r"\s+and\s+", body.strip()):
-        c = _COND.match(part)
-        if not c:
-            raise ObjectiveError(f"cannot read condition {part!r} (write e.g. 'prompt_params <= 10000'; "
-                                 f"operators {', '.join(_OPS)}; join conditions with 'and')")
-        try:
-            value = float(c["value"])
-        except ValueError:
-            raise ObjectiveError(f"condition {part!r}: {c['value']!r} is not a number") from None
-        if known is not None and c["name"] not in known:
-            raise ObjectiveError(f"condition {part!r}: unknown metric {c['name']!r} (known: {', '.join(sorted(known))})")
-        out.append(Condition(c["name"], c["op"], value))
-    return out
-
-
-def where_matches(records: Sequence[Mapping[str, Any]], objectives: Sequence[Objective],
-                  conditions: Sequence[Condition]) -> list[int]:
-    """Indices of the trials ``pick`` would choose among: usable (completed, every objective
-    finite) and meeting every condition with a finite value."""
-    out = []
-    for i in _usable(records, objectives):
-        metrics = records[i].get("metrics") or {}
-        ok = True
-        for c in conditions:
-            try:
-                v = float(metrics[c.name])
-            except (KeyError, TypeError, ValueError):
-                v = float("nan")
-            ok = ok and math.isfinite(v) and bool(_OPS[c.op](v, c.value))
-        if ok:
-            out.append(i)
-    return out
 
 
 # --- which decisions matter -----------------------------------------------------------------------------
