@@ -192,21 +192,43 @@ def stored_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def write_compressed(path: str | Path, state: Mapping[str, torch.Tensor], spec: str) -> dict[str, Any]:
-    """Compress ``state`` into one safetensors file, the manifest in its metadata; returns the manifest."""
+def write_compressed(path: str | Path, state: Mapping[str, torch.Tensor], spec: str,
+                     metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Compress ``state`` into one safetensors file, the manifest in its metadata (beside any other
+    ``metadata``); returns the manifest."""
     from safetensors.torch import save_file
 
     tensors, manifest = compress(state, spec)
-    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(manifest, separators=(",", ":"))})
+    meta = {**(metadata or {}), METADATA_KEY: json.dumps(manifest, separators=(",", ":"))}
+    save_file(tensors, str(path), metadata=meta)
     return manifest
+
+
+def header(blob: bytes) -> dict[str, Any]:
+    """The JSON header of safetensors bytes: tensor name -> {dtype, shape, data_offsets}, and
+    ``__metadata__``."""
+    n = int.from_bytes(blob[:8], "little")
+    return json.loads(blob[8:8 + n])
+
+
+def payload_bytes(blob: bytes) -> int:
+    """Tensor bytes of a safetensors file's contents (the file size less its 8-byte length and header)."""
+    return sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header(blob).items() if k != "__metadata__")
+
+
+def read_compressed_bytes(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(state dict, manifest or None) from the bytes of :func:`write_compressed`'s file, or of a
+    plain safetensors file (read as is, manifest None)."""
+    from safetensors.torch import load
+
+    meta = (header(blob).get("__metadata__") or {}).get(METADATA_KEY)
+    tensors = load(blob)
+    if not meta:
+        return tensors, None
+    manifest = json.loads(meta)
+    return decompress(tensors, manifest), manifest
 
 
 def read_compressed(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict from :func:`write_compressed`'s file (a plain safetensors file reads as is)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = (f.metadata() or {}).get(METADATA_KEY)
-    tensors = load_file(str(path))
-    return decompress(tensors, json.loads(meta)) if meta else tensors
+    return read_compressed_bytes(Path(path).read_bytes())[0]

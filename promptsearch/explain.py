@@ -191,16 +191,29 @@ def pixel_prompt_image(model: PromptedModel) -> torch.Tensor:
 
 
 # --- images in, PNGs out ---------------------------------------------------------------------------------
-def _as_image(image: ImageLike) -> torch.Tensor:
-    """A path, (C, H, W) / (H, W) uint8 or float array -> (C, H, W) float in [0, 1]."""
+def _as_image(image: ImageLike, mode: str | None = None, size: int | None = None) -> torch.Tensor:
+    """A path, (C, H, W) / (H, W) uint8 or float array -> (C, H, W) float in [0, 1]. A path is read
+    in ``mode`` (``"L"``/``"RGB"``, None: as stored) and resized to ``size`` x ``size`` (bilinear, as
+    ``promptsearch predict`` reads it); an array is resized to ``size`` bilinearly."""
     if isinstance(image, (str, Path)):
         from .data import read_image
 
-        image = read_image(image)
+        image = read_image(image, mode, size)
     t = torch.as_tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image.detach().cpu()
     if t.ndim == 2:
         t = t[None]
-    return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()  # (C, H, W)
+    t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()  # (C, H, W)
+    if size and tuple(t.shape[-2:]) != (size, size):
+        t = F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+    return t
+
+
+def _bundle_input(model: PromptedModel) -> tuple[str | None, int | None]:
+    """What an exported model was fed (its bundle's input record): (PIL mode, size), else (None, None)."""
+    rec = getattr(getattr(model, "bundle", None), "input", None)
+    if rec is None:
+        return None, None
+    return ("L" if rec.channels == 1 else "RGB"), rec.size
 
 
 def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5, min_side: int = 224):
@@ -224,12 +237,21 @@ def _upscaled(im, min_side: int):
 
 
 def explain_images(model: PromptedModel, images: Sequence[ImageLike], out_dir: str | Path,
-                   layers: Sequence[int] = (-1,), names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                   layers: Sequence[int] = (-1,), names: Sequence[str] | None = None, min_side: int = 224,
+                   save_arrays: bool = False) -> list[dict[str, Any]]:
     """Explain each image (a path, or a (C, H, W) array): predict, compute its maps (attention on
     ViTs, Grad-CAM on any backbone), write ``{i:03d}_{name}_{map}.png`` overlays into ``out_dir``
-    (and ``pixel_prompt.png`` for pixel prompts). Returns one JSON-able record per image: name,
-    size, prediction, label (when the model carries an export bundle), probabilities, and map ->
-    PNG file name."""
+    (short side at least ``min_side`` px; and ``pixel_prompt.png`` for pixel prompts). Returns one
+    JSON-able record per image: name, size, prediction, label (when the model carries an export
+    bundle), probabilities, and map -> PNG file name. ``save_arrays``: the maps themselves, (H, W)
+    float32 at the image's size, in ``{i:03d}_{name}_maps.npz`` (record key ``arrays``), and the
+    seconds each image took (``seconds``).
+
+    A model loaded from a bundle sees each image as ``promptsearch predict`` feeds it (its channels,
+    resized to the bundle's input size): same prediction; its maps are then resized back to the
+    image's own size (``size``; ``input_size`` is what the model saw) and drawn over the image."""
+    import time
+
     from PIL import Image
 
     out = Path(out_dir)
@@ -242,11 +264,14 @@ def explain_images(model: PromptedModel, images: Sequence[ImageLike], out_dir: s
     if isinstance(model.prompt, PixelPrompt):
         prompt_png = "pixel_prompt.png"
         img = (pixel_prompt_image(model).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        _upscaled(Image.fromarray(img), 224).save(out / prompt_png)
+        _upscaled(Image.fromarray(img), min_side).save(out / prompt_png)
     records = []
     for i, image in enumerate(images):
+        t0 = time.perf_counter()
         name = names[i] if names else Path(image).stem if isinstance(image, (str, Path)) else f"image{i}"
-        x = _as_image(image)[None].to(device)  # (1, C, H, W)
+        mode, size = _bundle_input(model)
+        original = _as_image(image, mode)  # (C, H, W) at its own size
+        x = _as_image(image, mode, size)[None].to(device)  # (1, C, h, w): what the model is fed
         model.eval()
         with torch.no_grad():
             logits = model(x)[0]
@@ -254,13 +279,19 @@ def explain_images(model: PromptedModel, images: Sequence[ImageLike], out_dir: s
         pred = int(probs.argmax())
         maps = attention_maps(model, x, layers) if model.is_vit else {}
         maps["gradcam"] = gradcam_maps(model, x, [pred])
+        if tuple(original.shape[-2:]) != tuple(x.shape[-2:]):  # back to the image's own size
+            maps = {k: _to_image(m.to(device).float(), tuple(original.shape[-2:])) for k, m in maps.items()}
         files = {}
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))
         for kind, m in maps.items():
             files[kind] = f"{i:03d}_{stem}_{kind}.png"
-            overlay(x[0].cpu(), m[0].cpu()).save(out / files[kind])
-        record = {"image": str(name), "size": list(x.shape[-2:]), "prediction": pred,
+            overlay(original, m[0].cpu(), min_side=min_side).save(out / files[kind])
+        record = {"image": str(name), "size": list(original.shape[-2:]), "input_size": list(x.shape[-2:]), "prediction": pred,
                   "probabilities": [round(float(p), 6) for p in probs], "maps": files}
+        if save_arrays:
+            record["arrays"] = f"{i:03d}_{stem}_maps.npz"
+            np.savez_compressed(out / record["arrays"], **{k: m[0].cpu().numpy().astype(np.float32) for k, m in maps.items()})
+            record["seconds"] = round(time.perf_counter() - t0, 4)
         if classes:
             record["label"] = classes[pred]
         if prompt_png:

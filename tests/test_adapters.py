@@ -244,3 +244,24 @@ def test_peft_trials_run_through_run_trial(breast, mobilenet_weights, tmp_path):
     # the wrong backbone for a candidate is a failed trial with the reason
     r = run_trial(token_lora, breast, spec, budget)
     assert r.status == "failed" and "token prompts need a timm VisionTransformer" in r.reason
+
+
+def test_adapters_and_prompts_import_one_way():
+    """prompts -> adapters -> prompt_parts: adapters imports nothing of prompts (no import cycle), and
+    the shared pieces are the same objects wherever they are imported from."""
+    import ast
+
+    import promptsearch.adapters as adapters
+    import promptsearch.prompt_parts as parts
+    import promptsearch.prompts as prompts
+
+    def imported(mod):
+        tree = ast.parse(open(mod.__file__).read())
+        return {("." * n.level) + (n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+            {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+    assert ".prompts" not in imported(adapters) and "promptsearch.prompts" not in imported(adapters)
+    assert not {".prompts", ".adapters"} & imported(parts)
+    assert prompts.INSERTS is parts.INSERTS is adapters.INSERTS and prompts.INITS is parts.INITS
+    assert prompts.IncompatibleCandidate is parts.IncompatibleCandidate is adapters.IncompatibleCandidate
+    assert set(prompts.INSERTS) == {"adapter", "lora"}

@@ -145,3 +145,21 @@ def test_bad_specs(spec, match):
     with pytest.raises(CompressError, match=match):
         parse_spec(spec)
     assert parse_spec("none") == [] and parse_spec("svd:4+int8:tensor") == [("svd", 4), ("int8", "tensor")]
+
+
+def test_compressed_bytes_read_back_and_payload(tmp_path, trained):
+    from safetensors.torch import save
+
+    from promptsearch.compress import header, payload_bytes, read_compressed_bytes
+
+    state = trained.trainable_state_dict()
+    path = tmp_path / "p.safetensors"
+    manifest = write_compressed(path, state, "int8", metadata={"format": "x"})
+    blob = path.read_bytes()
+    back, got = read_compressed_bytes(blob)
+    assert got == manifest and set(back) == set(state) and header(blob)["__metadata__"]["format"] == "x"
+    assert payload_bytes(blob) == stored_bytes(compress(state, "int8")[0]) < len(blob)
+    plain = save(state)
+    same, none = read_compressed_bytes(plain)
+    assert none is None and all(torch.equal(same[k], v) for k, v in state.items())
+    assert payload_bytes(plain) == stored_bytes(state)

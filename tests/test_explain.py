@@ -172,3 +172,121 @@ def test_explain_images_writes_overlays(tmp_path, vit, mobilenet, images):
     records = explain_images(model, [images[0, 0].numpy()], tmp_path / "cnn")
     assert set(records[0]["maps"]) == {"gradcam"} and records[0]["label"] in model.bundle.classes
     assert records[0]["pixel_prompt"] == "pixel_prompt.png" and (tmp_path / "cnn" / "pixel_prompt.png").is_file()
+
+
+# --- the CLI and the API over export bundles ---------------------------------------------------------------
+def test_explain_cli_maps_follow_the_image(tmp_path, vit, breast):
+    """``promptsearch explain BUNDLE IMAGE... --out DIR``: per image its prediction (as predict reads
+    it) and overlays; the maps (``--arrays``) are at the image's own size, finite, sum to 1 and change
+    when the image changes."""
+    pytest.importorskip("pytorch_grad_cam", reason="pip install grad-cam")
+    from typer.testing import CliRunner
+
+    from promptsearch.cli import app
+    from promptsearch.export import read_images, write_bundle
+    from promptsearch.space import load_space
+
+    space = load_space("peft")
+    cand = space.candidate(space.encode({"module": "token", "tokens": 5, "depth": "shallow", "lora_rank": 4,
+                                         "lora_targets": "q+v", "lora_blocks": "last_4", "init": "xavier", "lr": 0.01}))
+    torch.manual_seed(3)
+    model = build_prompted_model(cand.arch, build_backbone(VIT), 2).eval()  # as load_exported builds it (seed 3)
+    with torch.no_grad():
+        for p in model.inserts.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = write_bundle(tmp_path / "bundle", space=space, genome=cand.genome, weights=model.trainable_state_dict(),
+                          backbone=VIT, task="binary-class", classes=breast.classes, input_channels=1, input_size=28,
+                          metrics={}, seed=3)
+    a, b = breast.test.images[0, 0].numpy(), breast.test.images[1, 0].numpy()
+    paths = {"a": tmp_path / "a.png", "a_changed": tmp_path / "a_changed.png", "b_big": tmp_path / "b_big.png"}
+    Image.fromarray(a).save(paths["a"])
+    changed = a.copy()
+    changed[:14] = 255 - changed[:14]  # the top half inverted
+    Image.fromarray(changed).save(paths["a_changed"])
+    Image.fromarray(b).resize((56, 48), Image.BILINEAR).save(paths["b_big"])  # another size, not square
+    out = tmp_path / "maps"
+    res = CliRunner().invoke(app, ["explain", str(folder), *map(str, paths.values()), "--out", str(out), "--arrays",
+                                   "--layer", "0", "--layer", "-1", "--json"])
+    assert res.exit_code == 0, res.output
+    records = json.loads(res.stdout)
+    assert records == json.loads((out / "explanations.json").read_text())
+    expected = {"gradcam", "attention_cls_block0", "attention_cls_block11", "attention_prompts_block0",
+                "attention_prompts_block11"}
+    with torch.no_grad():  # the prediction is predict's: the image read at the bundle's input size
+        probs = torch.softmax(model(read_images(list(paths.values()), 1, 28)), -1)
+    arrays = {}
+    for (key, path), rec, p in zip(paths.items(), records, probs):
+        w, h = Image.open(path).size
+        assert rec["file"] == str(path) and rec["size"] == [h, w] and rec["input_size"] == [28, 28]
+        assert set(rec["maps"]) == expected and rec["label"] in breast.classes
+        np.testing.assert_allclose(rec["probabilities"], p.numpy(), atol=1e-5)
+        with np.load(out / rec["arrays"]) as z:
+            arrays[key] = {k: z[k] for k in z.files}
+        assert set(arrays[key]) == expected
+        for m in arrays[key].values():
+            assert m.shape == (h, w) and np.isfinite(m).all() and (m >= 0).all()
+            assert abs(float(m.sum()) - 1) < 1e-4
+        for f in rec["maps"].values():
+            with Image.open(out / f) as im:
+                assert im.mode == "RGB" and min(im.size) >= 224 and im.size[0] * h == im.size[1] * w
+    for k in expected:  # another image, other maps
+        assert not np.allclose(arrays["a"][k], arrays["a_changed"][k], atol=1e-6), k
+    res = CliRunner().invoke(app, ["explain", str(folder), str(tmp_path / "nope.png"), "--out", str(out)])
+    assert res.exit_code == 2 and "cannot read image" in res.output
+
+
+def _old_workspace(tmp_path, data_root, weights):
+    """tests/fixtures/old_workspace (a finished MobileNetV2 pixel trial t0001; see tests/test_migration.py)."""
+    import shutil
+    import sqlite3
+    from pathlib import Path
+
+    root = tmp_path / "ws"
+    shutil.copytree(Path(__file__).resolve().parent / "fixtures" / "old_workspace", root)
+    for p in list(root.glob("jobs/*/*.json")) + list(root.glob("jobs/*/*.yaml")):
+        p.write_text(p.read_text().replace("@WORKSPACE@", str(root)).replace("@DATA_ROOT@", str(data_root))
+                     .replace("@BACKBONE_WEIGHTS@", str(weights)))
+    with sqlite3.connect(root / "mlflow" / "mlflow.db") as db:
+        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", ("/tmp/psold", str(root)))
+        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", ("/tmp/psold", str(root)))
+    return root, next(p.name for p in (root / "jobs").iterdir())
+
+
+def test_explanations_endpoint(tmp_path, data_root, mobilenet_weights):
+    """GET /jobs/{id}/trials/{trial}/explanations: the trial's example maps as PNGs inline, built once;
+    404/409/422 with reasons; behind the API token like every job endpoint."""
+    pytest.importorskip("pytorch_grad_cam", reason="pip install grad-cam")
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from promptsearch.service.app import create_app
+    from promptsearch.service.settings import Settings
+
+    ws, job_id = _old_workspace(tmp_path, data_root, mobilenet_weights)
+    client = TestClient(create_app(Settings(workspace=ws, token="s3cret"), start_runner=False),
+                        raise_server_exceptions=False)
+    url = f"/jobs/{job_id}/trials/t0001/explanations"
+    assert client.get(url).status_code == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    r = client.get(url, params={"examples": 2}, headers=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["trial_id"] == "t0001" and body["module"] == "pixel" and body["map_names"] == ["gradcam"]
+    assert len(body["examples"]) == 2 and {e["true_label"] for e in body["examples"]} == set(body["classes"])
+    for e in body["examples"]:
+        assert e["label"] in body["classes"] and abs(sum(e["probabilities"]) - 1) < 1e-4
+        for png in [e["input"], *e["maps"].values()]:
+            with Image.open(io.BytesIO(base64.b64decode(png["png_base64"]))) as im:
+                assert im.format == "PNG" and im.size[0] >= 28
+    assert body["pixel_prompt"]["png_base64"]
+    cached = ws / "explanations" / job_id / "t0001" / "n2" / "config.json"
+    assert cached.is_file()
+    stamp = cached.stat().st_mtime_ns
+    assert client.get(url, params={"examples": 2}, headers=auth).json() == body and cached.stat().st_mtime_ns == stamp
+    assert client.get(f"/jobs/{job_id}/trials/t0009/explanations", headers=auth).status_code == 404
+    assert client.get(f"/jobs/{job_id}/trials/t0002/explanations", headers=auth).status_code == 409  # preempted
+    assert client.get(f"/jobs/{job_id}/trials/..%2Fx/explanations", headers=auth).status_code in (404, 422)
+    assert client.get(url, params={"examples": 99}, headers=auth).status_code == 422
+    assert client.get("/jobs/nope/trials/t0001/explanations", headers=auth).status_code == 404

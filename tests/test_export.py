@@ -152,3 +152,179 @@ def test_predict_cli_on_pngs(trained, breast, tmp_path):
     assert res.exit_code == 0 and "predicted" in res.stdout
     res = CliRunner().invoke(app, ["predict", str(folder), str(tmp_path / "missing.png")])
     assert res.exit_code == 2 and "cannot read image" in res.output
+
+
+# --- adapters, LoRA, compression and example maps through export -------------------------------------
+@pytest.fixture
+def one_thread():
+    from promptsearch.threads import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+VIT = BackboneSpec("vit_tiny_patch16_224", image_size=28, patch_size=4)  # random init: load_exported reseeds it
+FEW = Budget(epochs=1, max_eval_samples=48)  # the splits a compressed export is evaluated on
+
+
+def _peft_model(choices, backbone, seed=0):
+    """A peft-space candidate's model with every trainable tensor non-zero (LoRA B and adapter up
+    start at zero), its backbone built as load_exported builds it (seeded by the bundle's seed)."""
+    from promptsearch.backbones import build_backbone
+    from promptsearch.prompts import build_prompted_model
+
+    space = load_space("peft")
+    cand = space.candidate(space.encode(choices))
+    torch.manual_seed(seed)
+    model = build_prompted_model(cand.arch, build_backbone(backbone), 2).eval()
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            if p.abs().sum() == 0:
+                p.normal_(std=0.05)
+    return space, cand, model
+
+
+def _bundle(out, space, cand, model, backbone, seed=0, **kw):
+    from promptsearch.export import write_bundle
+
+    return write_bundle(out, space=space, genome=cand.genome, weights=model.trainable_state_dict(), backbone=backbone,
+                        task="binary-class", classes=["malignant", "normal, benign"], input_channels=1, input_size=28,
+                        metrics={"auc": 0.5}, budget=FEW.model_dump(), seed=seed, **kw)
+
+
+TOKEN_LORA = {"module": "token", "tokens": 5, "depth": "shallow", "lora_rank": 4, "lora_targets": "q+v",
+              "lora_blocks": "last_4", "init": "xavier", "lr": 0.01}
+ADAPTER = {"module": "none", "adapter": "bottleneck", "adapter_reduction": 8, "adapter_blocks": "last_4",
+           "lora_rank": 0, "init": "xavier", "lr": 0.003}
+
+
+@pytest.mark.parametrize("choices", [TOKEN_LORA, ADAPTER], ids=["token+lora", "adapter"])
+@pytest.mark.usefixtures("one_thread")
+def test_adapter_and_lora_bundles_round_trip(tmp_path, breast, choices):
+    space, cand, model = _peft_model(choices, VIT)
+    folder = _bundle(tmp_path / "b", space, cand, model, VIT, zip_path=tmp_path / "b.zip")
+    x = breast.val.images[:6].float() / 255.0
+    with torch.no_grad():
+        ref = model(x)
+        loaded = promptsearch.load_exported(folder if choices is ADAPTER else tmp_path / "b.zip")
+        assert torch.equal(loaded(x), ref)
+    cost = loaded.cost()
+    assert set(k for k in cost if k in ("adapter_params", "lora_params")) == \
+        set(k for k in ("adapter_params", "lora_params") if k in model.cost())
+    assert load_config(folder).compression is None and load_config(folder).prompts["file_bytes"] == \
+        (folder / "prompts.safetensors").stat().st_size
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_compressed_export_reproduces_or_stays_within_tolerance(tmp_path, breast):
+    """svd at full rank: predictions of the loaded bundle within 1e-5 of the uncompressed model; int8:
+    class probabilities within 0.01 (the tolerance tests/test_compress.py states), fewer bytes, and
+    the metrics after compression recorded next to the uncompressed ones (svd:4+int8 and a zip:
+    test_export_cli_compress_and_examples)."""
+    from promptsearch.compress import matrix_view
+
+    space, cand, model = _peft_model(TOKEN_LORA, VIT)
+    state = model.trainable_state_dict()
+    full = max(min(matrix_view(tuple(v.shape))) for v in state.values() if v.ndim > 1)
+    x = breast.val.images[:16].float() / 255.0
+    with torch.no_grad():
+        ref = torch.softmax(model(x), -1)
+    plain = _bundle(tmp_path / "plain", space, cand, model, VIT)
+    plain_bytes = (plain / "prompts.safetensors").stat().st_size
+    for spec, tol, evaluated in ((f"svd:{full}", 1e-5, False), ("int8", 0.01, True)):
+        folder = _bundle(tmp_path / spec.replace(":", "_"), space, cand, model, VIT, compress=spec,
+                         data=breast if evaluated else None)
+        loaded = promptsearch.load_exported(folder)
+        with torch.no_grad():
+            out = torch.softmax(loaded(x), -1)
+        assert (out - ref).abs().max() <= tol, spec
+        cfg = load_config(folder)
+        c = cfg.compression
+        assert c["spec"] == spec and c["file_bytes"] == (folder / "prompts.safetensors").stat().st_size
+        assert c["uncompressed_file_bytes"] == pytest.approx(plain_bytes, abs=64)  # same tensors, own metadata
+        if spec != f"svd:{full}":
+            assert c["payload_bytes"] < 0.3 * c["uncompressed_payload_bytes"], spec  # ~1/4 + scales and zero points
+            assert c["file_bytes"] < 0.5 * c["uncompressed_file_bytes"], spec  # the header (names, manifest) adds ~15 KB
+        card = (folder / "MODEL_CARD.md").read_text()
+        assert f"`{spec}`" in card and f"{c['file_bytes']:,} bytes" in card
+        if not evaluated:
+            assert "metrics" not in c and "not evaluated at export" in card
+            continue
+        assert "validation, compressed" in card
+        for split in ("validation", "test"):
+            assert set(c["metrics"][split]) >= {"auc", "accuracy", "worst_class_recall"}
+            # the reference is the uncompressed model on the same splits (a trial's subsets)
+            ev = evaluate(model, (breast.val if split == "validation" else breast.test).subset(48, 0), breast.task)
+            assert c["reference"][split]["auc"] == pytest.approx(ev["auc"], abs=1e-6)
+            assert c["metrics"][split]["auc"] == pytest.approx(ev["auc"], abs=0.05)  # probabilities within 0.01
+    with pytest.raises(Exception, match="rank >= 1"):
+        _bundle(tmp_path / "bad", space, cand, model, VIT, compress="svd:0")
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_bundle_carries_example_maps(trained, breast, tmp_path):
+    tmp, cand, result, folder = trained
+    from promptsearch.export import write_trial_bundle
+
+    spec = BackboneSpec("torchvision:mobilenet_v2", image_size=32, weights=load_config(folder).backbone.weights)
+    out = write_trial_bundle(tmp_path / "ex", candidate=cand, result=result, data=breast, backbone=spec,
+                             weights=tmp / "trial.safetensors", budget=BUDGET, examples=3, zip_path=tmp_path / "ex.zip")
+    cfg = load_config(out)
+    assert len(cfg.examples) == 3
+    assert {e["true_label"] for e in cfg.examples} == set(breast.classes)  # classes taken in turn
+    for e in cfg.examples:
+        assert e["split"] == "val" and e["maps"] and set(e["maps"]) == {"gradcam"}
+        for rel in [e["input"], *e["maps"].values(), e["pixel_prompt"]]:
+            with Image.open(out / rel) as im:
+                assert im.mode == "RGB" or im.mode == "L"
+                assert (out / rel).stat().st_size < 40_000  # small PNGs
+        assert e["label"] == breast.classes[e["prediction"]]
+    with zipfile.ZipFile(tmp_path / "ex.zip") as z:
+        names = set(z.namelist())
+    assert {e["maps"]["gradcam"] for e in cfg.examples} <= names and "config.json" in names
+    model = promptsearch.load_exported(tmp_path / "ex.zip")  # a bundle with examples still loads
+    assert model.bundle.examples == cfg.examples
+    assert "## Example explanations" in (out / "MODEL_CARD.md").read_text()
+
+
+def _old_workspace(tmp_path, data_root, weights):
+    """tests/fixtures/old_workspace (a finished MobileNetV2 pixel trial t0001; see tests/test_migration.py)."""
+    import sqlite3
+    from pathlib import Path
+
+    root = tmp_path / "ws"
+    shutil.copytree(Path(__file__).resolve().parent / "fixtures" / "old_workspace", root)
+    for p in list(root.glob("jobs/*/*.json")) + list(root.glob("jobs/*/*.yaml")):
+        p.write_text(p.read_text().replace("@WORKSPACE@", str(root)).replace("@DATA_ROOT@", str(data_root))
+                     .replace("@BACKBONE_WEIGHTS@", str(weights)))
+    with sqlite3.connect(root / "mlflow" / "mlflow.db") as db:
+        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", ("/tmp/psold", str(root)))
+        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", ("/tmp/psold", str(root)))
+    return root, next(p.name for p in (root / "jobs").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_export_cli_compress_and_examples(tmp_path, data_root, mobilenet_weights):
+    ws, job_id = _old_workspace(tmp_path, data_root, mobilenet_weights)
+    out = tmp_path / "bundle"
+    res = CliRunner().invoke(app, ["export", job_id, "--pick", "trial=t0001", "--out", str(out), "--compress",
+                                   "svd:4+int8", "--examples", "2", "--zip", "--workspace", str(ws)])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout[res.stdout.index("{"):])
+    cfg = load_config(out)
+    assert info["compression"] == cfg.compression and info["examples"] == 2 and len(cfg.examples) == 2
+    c = cfg.compression
+    # the reference evaluation at export reproduces what the trial recorded (same splits, CPU)
+    for split, recorded in (("validation", cfg.metrics["validation"]), ("test", cfg.metrics["test"])):
+        assert c["reference"][split]["auc"] == pytest.approx(recorded["auc"], abs=1e-6)
+        assert 0 <= c["metrics"][split]["auc"] <= 1
+    assert c["file_bytes"] < c["uncompressed_file_bytes"]
+    model = promptsearch.load_exported(tmp_path / "bundle.zip")
+    assert model.bundle.compression["spec"] == "svd:4+int8"
+    res = CliRunner().invoke(app, ["export", job_id, "--pick", "trial=t0001", "--out", str(tmp_path / "x"),
+                                   "--compress", "zip", "--workspace", str(ws)])
+    assert res.exit_code == 2 and "unknown compression step" in res.output

@@ -1,7 +1,8 @@
 """``promptsearch export`` and ``promptsearch predict``: bundle a trial of a job; run a bundle on images.
 
-    promptsearch export JOB --pick knee --out exported/ --workspace promptsearch-runs
+    promptsearch export JOB --pick knee --out exported/ --workspace promptsearch-runs [--compress svd:4+int8]
     promptsearch predict exported/ scan1.png scan2.jpg
+    (promptsearch explain exported/ scan1.png --out maps/: promptsearch/commands/explain.py)
 """
 
 from __future__ import annotations
@@ -18,12 +19,18 @@ def export(job: str = typer.Argument(..., help="Job id."),
            pick: str = typer.Option("knee", "--pick", help="'knee', 'best:<objective>[ where <metric> <= v]' or 'trial=<id>'."),
            out: Path = typer.Option(..., "--out", help="Bundle folder to write."),
            zip_: bool = typer.Option(False, "--zip", help="Also write OUT.zip."),
+           compress: str = typer.Option("none", "--compress", metavar="SPEC",
+                                        help="Store the weights compressed: svd:RANK, int8, int8:tensor or svd:RANK+int8; "
+                                             "the compressed model is evaluated on the job's validation and test splits."),
+           examples: int = typer.Option(4, "--examples", min=0, max=64,
+                                        help="Explanation maps of this many validation images in OUT/examples/ (0: none)."),
            workspace: Optional[Path] = WorkspaceOpt) -> None:
     """Export one trial of a job (the knee of its Pareto front by default) as a loadable bundle."""
     from ..export import ExportError, export_job
 
     try:
-        folder, info = export_job(workspace, job, pick, out, zip_path=out.with_suffix(".zip") if zip_ else None)
+        folder, info = export_job(workspace, job, pick, out, zip_path=out.with_suffix(".zip") if zip_ else None,
+                                  compress=compress, examples=examples)
     except (ExportError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
     console.print(f"exported trial {info['trial_id']} of job {job} ({pick}) to {folder}")

@@ -22,8 +22,8 @@ from ..library import library_record, placeholder_blocks
 from ..prompts import PromptedModel, build_prompted_model
 from ..space import SearchSpace
 from .card import model_card
-from .schema import (BUNDLE_FILES, BUNDLE_FORMAT, CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, BundleConfig, ExportError,
-                     InputRecord, backbone_record)
+from .schema import (BUNDLE_FILES, BUNDLE_FORMAT, CARD_FILE, CONFIG_FILE, EXAMPLES_DIR, WEIGHTS_FILE, BundleConfig,
+                     ExportError, InputRecord, backbone_record)
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -32,15 +32,25 @@ def write_bundle(out: str | Path, *, space: SearchSpace, genome: Sequence[int], 
                  input_size: int | None, metrics: Mapping[str, float], test_metrics: Mapping[str, float] | None = None,
                  dataset: Mapping[str, Any] | None = None, budget: Mapping[str, Any] | None = None, seed: int = 0,
                  objectives: Sequence[Mapping[str, Any]] = (), origin: Mapping[str, Any] | None = None,
-                 zip_path: str | Path | None = None, library: Mapping[str, Any] | None = None) -> Path:
+                 zip_path: str | Path | None = None, library: Mapping[str, Any] | None = None,
+                 compress: str = "none", data: Any = None, examples: int = 0) -> Path:
     """Write a bundle folder ``out`` (and a zip of it at ``zip_path``); return the folder.
 
     ``weights``: the trial's saved prompt+head safetensors file, or the ``trainable_state_dict()``.
     ``library``: the component library record (default: the one the trial wrote into the weights
     file's metadata, else the space's bound library and the candidate's library components).
+    ``compress``: a :mod:`promptsearch.compress` spec (``svd:4``, ``int8``, ``svd:4+int8``): the
+    weights are stored compressed, and with ``data`` (the trial's :class:`~promptsearch.data.Dataset`)
+    the model as :func:`load_exported` rebuilds it is evaluated on the validation and test splits
+    the trial used (CPU, one thread), next to the uncompressed weights (``config.compression``).
+    ``examples``: explanation maps of that many validation images of ``data`` (``examples/``,
+    ``config.examples``), from the model as loaded from the bundle.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
+    from safetensors.torch import save as save_bytes
+
+    from ..compress import parse_spec, payload_bytes, write_compressed
 
     out = Path(out)
     state = load_file(str(weights)) if isinstance(weights, str | Path) else {k: v.contiguous() for k, v in weights.items()}
@@ -71,25 +81,119 @@ def write_bundle(out: str | Path, *, space: SearchSpace, genome: Sequence[int], 
     )
     # refuse a bundle that would not load: the weights must fit the architecture
     _check_state(cfg, state)
+    compressed = bool(parse_spec(compress))  # a bad spec fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT, "candidate": cand.key})
-    cfg.prompts["sha256"] = file_sha256(out / WEIGHTS_FILE)
-    (out / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
-    (out / CARD_FILE).write_text(model_card(cfg))
+    meta = {"format": BUNDLE_FORMAT, "candidate": cand.key}
+    if compressed:
+        write_compressed(out / WEIGHTS_FILE, state, compress, metadata=meta)
+    else:
+        save_file(state, str(out / WEIGHTS_FILE), metadata=meta)
+    blob = (out / WEIGHTS_FILE).read_bytes()
+    cfg.prompts.update(sha256=file_sha256(out / WEIGHTS_FILE), file_bytes=len(blob), payload_bytes=payload_bytes(blob))
+    if compressed:
+        plain = save_bytes(state, metadata=meta)
+        cfg.compression = {"spec": compress, "file_bytes": len(blob), "payload_bytes": payload_bytes(blob),
+                           "uncompressed_file_bytes": len(plain), "uncompressed_payload_bytes": payload_bytes(plain)}
+    _write_config(out, cfg)
+    if data is not None and (compressed or examples > 0):
+        _measure(out, cfg, state, data, compressed, examples)
+        _write_config(out, cfg)
     if zip_path is not None:
         zip_bundle(out, zip_path)
     return out
 
 
+def _write_config(out: Path, cfg: BundleConfig) -> None:
+    (out / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+    (out / CARD_FILE).write_text(model_card(cfg))
+
+
+def _eval_splits(data: Any, budget: Mapping[str, Any]) -> dict[str, Any]:
+    """The validation and test splits exactly as a trial evaluates them (same subsets)."""
+    n = budget.get("max_eval_samples")
+    return {"validation": data.val.subset(n, 0), "test": data.test.subset(n, 0)}
+
+
+def _measure(out: Path, cfg: BundleConfig, state: Mapping[str, torch.Tensor], data: Any, compressed: bool,
+             examples: int) -> None:
+    """Load the bundle just written (as a user would), evaluate it and write example maps (CPU, one thread)."""
+    from ..threads import torch_threads
+    from ..trial import evaluate
+
+    with torch_threads(1):
+        model = load_exported(out, device="cpu")
+        if compressed:
+            splits = _eval_splits(data, cfg.recipe.get("budget", {}))
+            after = {name: evaluate(model, split, data.task) for name, split in splits.items()}
+            deployed = model.trainable_state_dict()
+            model.load_trainable_state_dict({k: v.cpu() for k, v in state.items()})
+            before = {name: evaluate(model, split, data.task) for name, split in splits.items()}
+            model.load_trainable_state_dict(deployed)
+            cfg.compression["metrics"] = after
+            cfg.compression["reference"] = before
+        if examples > 0:
+            cfg.examples = write_examples(model, data, out, examples)
+
+
+def example_indices(labels: torch.Tensor, n: int) -> list[int]:
+    """``n`` validation indices, classes taken in turn (the first image of each class, then the
+    second, ...), so a binary set shows both classes; multi-label: the first ``n``."""
+    if labels.ndim > 1 and labels.shape[1] > 1:
+        return list(range(min(n, len(labels))))
+    y = labels.reshape(len(labels), -1)[:, 0].tolist()
+    queues = [[i for i, c in enumerate(y) if c == k] for k in sorted(set(y))]
+    picked: list[int] = []
+    while len(picked) < min(n, len(y)):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop(0))
+    return sorted(picked)
+
+
+def write_examples(model: PromptedModel, data: Any, out: str | Path, n: int = 4, min_side: int = 112) -> list[dict[str, Any]]:
+    """Explanation maps (:func:`promptsearch.explain.explain_images`) of ``n`` validation images into
+    ``out/examples/``; returns their records, file names relative to ``out``."""
+    from PIL import Image
+
+    from ..explain import explain_images
+
+    folder = Path(out) / EXAMPLES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    idx = example_indices(data.val.labels, n)
+    images = [data.val.images[i] for i in idx]  # (C, H, W) uint8 each
+    records = explain_images(model, images, folder, names=[f"val{i}" for i in idx], min_side=min_side)
+    multi_label = data.task == "multi-label"
+    for i, image, rec in zip(idx, images, records):
+        name = f"{rec['image']}_input.png"
+        arr = image.numpy().transpose(1, 2, 0)  # (H, W, C)
+        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).resize(
+            (image.shape[-1] * 4, image.shape[-2] * 4), Image.NEAREST).save(folder / name)
+        y = data.val.labels[i].reshape(-1)
+        rec.update(split="val", index=int(i), input=f"{EXAMPLES_DIR}/{name}",
+                   maps={k: f"{EXAMPLES_DIR}/{f}" for k, f in rec["maps"].items()})
+        rec["true_label"] = ([c for c, v in zip(data.classes, y.tolist()) if v] if multi_label
+                             else data.classes[int(y[0])])
+        if "pixel_prompt" in rec:
+            rec["pixel_prompt"] = f"{EXAMPLES_DIR}/{rec['pixel_prompt']}"
+    return records
+
+
+def bundle_files(folder: str | Path) -> list[str]:
+    """The files of a bundle folder, relative to it: the three always there, then its example maps."""
+    extra = sorted(p.relative_to(folder).as_posix() for p in (Path(folder) / EXAMPLES_DIR).glob("*.png"))
+    return [*BUNDLE_FILES, *extra]
+
+
 def _zip_into(target: str | Path | IO[bytes], folder: str | Path) -> None:
-    """The bundle's three files at the top level of a zip written to ``target`` (a path or a buffer)."""
+    """The bundle's files (three at the top level, example maps under examples/) in a zip written to
+    ``target`` (a path or a buffer)."""
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for name in BUNDLE_FILES:
+        for name in bundle_files(folder):
             z.write(Path(folder) / name, arcname=name)
 
 
 def zip_bundle(folder: str | Path, zip_path: str | Path) -> Path:
-    """Zip a bundle folder (its three files at the zip's top level)."""
+    """Zip a bundle folder (:func:`bundle_files`)."""
     zip_path = Path(zip_path)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     _zip_into(zip_path, folder)
@@ -117,7 +221,8 @@ def _check_state(cfg: BundleConfig, state: Mapping[str, torch.Tensor]) -> None:
 # --- reading ------------------------------------------------------------------------------------
 def _read_bundle(path: str | Path) -> tuple[BundleConfig, dict[str, torch.Tensor]]:
     from pydantic import ValidationError
-    from safetensors.torch import load as load_bytes
+
+    from ..compress import CompressError, read_compressed_bytes
 
     path = Path(path)
     if path.is_dir():
@@ -141,7 +246,11 @@ def _read_bundle(path: str | Path) -> tuple[BundleConfig, dict[str, torch.Tensor
     sha = cfg.prompts.get("sha256")
     if sha and hashlib.sha256(blob).hexdigest() != sha:
         raise ExportError(f"{path}/{WEIGHTS_FILE} does not match the sha256 in {CONFIG_FILE} (corrupt or edited)")
-    return cfg, load_bytes(blob)
+    try:
+        state, _ = read_compressed_bytes(blob)  # compressed weights (export --compress) are rebuilt; plain ones read as is
+    except CompressError as e:
+        raise ExportError(f"{path}/{WEIGHTS_FILE}: {e}") from None
+    return cfg, state
 
 
 def load_config(path: str | Path) -> BundleConfig:

@@ -30,12 +30,50 @@ def _library_section(cfg: BundleConfig) -> str:
             + ". Their blocks are in this bundle's weights: the library is not needed to use it.\n\n")
 
 
+def _compression_section(cfg: BundleConfig) -> str:
+    """Size in bytes and the metrics after compression next to the uncompressed ones (both measured
+    at export on the same splits and machine)."""
+    c = cfg.compression
+    if not c:
+        size = cfg.prompts.get("file_bytes")
+        return f"## Size\n\n`prompts.safetensors`: {size:,} bytes (stored as trained, float).\n\n" if size else ""
+    ratio = c["uncompressed_file_bytes"] / max(1, c["file_bytes"])
+    out = (f"## Compression for deployment\n\nWeights stored compressed with `{c['spec']}` (post-hoc, no retraining): "
+           f"`prompts.safetensors` is {c['file_bytes']:,} bytes ({c['payload_bytes']:,} of tensors), "
+           f"{c['uncompressed_file_bytes']:,} bytes uncompressed ({c['uncompressed_payload_bytes']:,} of tensors): "
+           f"{ratio:.1f}x smaller. `load_exported` rebuilds full-size tensors from it.\n\n")
+    after, before = c.get("metrics") or {}, c.get("reference") or {}
+    if after:
+        keys = [k for k in ("auc", "accuracy", "balanced_accuracy", "worst_class_recall") if k in after.get("validation", {})]
+        out += ("Measured at export on the splits the trial was evaluated on (CPU, one thread):\n\n"
+                "| metric | validation | validation, compressed | test | test, compressed |\n|---|---|---|---|---|\n")
+        for k in keys:
+            out += (f"| {k} | {_fmt(before.get('validation', {}).get(k, ''))} | {_fmt(after['validation'].get(k, ''))} "
+                    f"| {_fmt(before.get('test', {}).get(k, ''))} | {_fmt(after.get('test', {}).get(k, ''))} |\n")
+        out += "\n"
+    else:
+        out += "The compressed model was not evaluated at export (no dataset given).\n\n"
+    return out
+
+
+def _examples_section(cfg: BundleConfig) -> str:
+    if not cfg.examples:
+        return ""
+    rows = "\n".join(f"| {e.get('image')} | {e.get('true_label', '')} | {e.get('label', e.get('prediction'))} | "
+                     + ", ".join(f"[{k}]({f})" for k, f in e.get("maps", {}).items()) + " |" for e in cfg.examples)
+    return ("## Example explanations\n\nWhere the model looks on a few validation images (Grad-CAM; on a ViT also the "
+            "attention of the CLS and prompt tokens), overlays in `examples/`; `promptsearch explain THIS_FOLDER "
+            "IMAGE...` makes them for any image.\n\n| image | true | predicted | maps |\n|---|---|---|---|\n"
+            f"{rows}\n\n")
+
+
 def model_card(cfg: BundleConfig) -> str:
     """``MODEL_CARD.md``: purpose, metrics, intended use and limits, in plain words."""
     val, test = cfg.metrics.get("validation", {}), cfg.metrics.get("test", {})
     keys = [k for k in ("auc", "accuracy", "balanced_accuracy", "worst_class_recall") if k in val or k in test]
-    costs = [k for k in ("prompt_params", "head_params", "trainable_params", "backbone_params", "latency_ms",
-                         "prompt_pixels", "prompt_tokens", "prompted_layers") if k in val]
+    costs = [k for k in ("prompt_params", "adapter_params", "lora_params", "library_params", "head_params",
+                         "trainable_params", "backbone_params", "latency_ms", "prompt_pixels", "prompt_tokens",
+                         "prompted_layers") if k in val]
     rows = "\n".join(f"| {k} | {_fmt(val.get(k, ''))} | {_fmt(test.get(k, ''))} |" for k in keys)
     cost_rows = "\n".join(f"| {k} | {_fmt(val[k])} |" for k in costs)
     objectives = ", ".join(f"{o['name']} ({o.get('direction', '?')})" for o in cfg.objectives) or "not recorded"
@@ -77,7 +115,7 @@ Seed {cfg.recipe.get('seed')}; {budget.get('epochs')} epoch(s), batch {budget.ge
 {cfg.recipe.get('optimizer', '')}. Inputs: {cfg.input.channels}-channel images of
 {cfg.input.size or 'any'} px, scaled to [0, 1]; the model resizes them to {cfg.backbone.image_size or 'the backbone default'} px.
 
-{_library_section(cfg)}## Backbone weights (not included)
+{_compression_section(cfg)}{_examples_section(cfg)}{_library_section(cfg)}## Backbone weights (not included)
 
 `{cfg.backbone.name}`: {cfg.backbone.obtain}.
 {f"Expected sha256: `{cfg.backbone.weights_sha256}`." if cfg.backbone.weights_sha256 else ""}

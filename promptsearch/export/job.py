@@ -29,8 +29,9 @@ def dataset_record(data: Any) -> dict[str, Any]:
 def write_trial_bundle(out: str | Path, *, candidate: Any, result: Any, data: Any, backbone: BackboneSpec,
                        weights: str | Path | Mapping[str, torch.Tensor], budget: Any = None,
                        objectives: Sequence[Any] = (), origin: Mapping[str, Any] | None = None,
-                       zip_path: str | Path | None = None) -> Path:
-    """:func:`write_bundle` from a ``Candidate``, its ``TrialResult`` and the loaded ``Dataset``."""
+                       zip_path: str | Path | None = None, compress: str = "none", examples: int = 0) -> Path:
+    """:func:`write_bundle` from a ``Candidate``, its ``TrialResult`` and the loaded ``Dataset``
+    (``compress``, ``examples``: as :func:`write_bundle`, evaluated and explained on ``data``)."""
     if result.status != "completed":
         raise ExportError(f"trial {result.status}, not completed: nothing to export ({result.reason})")
     budget_d = budget.model_dump() if hasattr(budget, "model_dump") else dict(budget or {})
@@ -43,36 +44,50 @@ def write_trial_bundle(out: str | Path, *, candidate: Any, result: Any, data: An
                         seed=result.seed, objectives=objs,
                         origin={"status": result.status, "epochs": result.epochs, "steps": result.steps,
                                 "wall_time_s": round(result.wall_time_s, 3), **(origin or {})},
-                        zip_path=zip_path)
+                        zip_path=zip_path, compress=compress, data=data, examples=examples)
 
 
 # --- a job's trial -> a bundle ------------------------------------------------------------------
-def _dataset_meta(dataset: str, data_root: str | None) -> dict[str, Any]:
+def _dataset_meta(dataset: str, data_root: str | None, load: bool = False) -> dict[str, Any]:
     """Task, classes, channels and stored size of a job's dataset: MedMNIST's catalogue when it is
-    a MedMNIST name (no arrays loaded), else the dataset itself."""
+    a MedMNIST name (no arrays loaded), else the dataset itself (also with ``load``: then ``data``
+    is the loaded :class:`~promptsearch.data.Dataset`)."""
     from ..data import medmnist_meta
 
     meta = medmnist_meta(dataset)
-    if meta is not None:
+    if meta is not None and not load:
         return {"task": meta["task"], "classes": meta["classes"], "channels": meta["channels"], "size": meta["size"],
                 "record": {"name": meta["name"], "source": f"{meta['name']}.npz (MedMNIST v2, 28 px)",
                            "task": meta["task"], "splits": meta["splits"]}}
     from ..data import load_dataset
 
     data = load_dataset(dataset, root=data_root)
+    record = dataset_record(data)
+    if meta is not None:  # MedMNIST: the catalogue's own record, as an export without data writes it
+        record = {"name": meta["name"], "source": f"{meta['name']}.npz (MedMNIST v2, 28 px)", "task": meta["task"],
+                  "splits": meta["splits"]}
     return {"task": data.task, "classes": data.classes, "channels": data.channels,
-            "size": int(data.train.images.shape[-1]), "record": dataset_record(data)}
+            "size": int(data.train.images.shape[-1]), "record": record, "data": data}
 
 
 def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path = "exported",
-               zip_path: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+               zip_path: str | Path | None = None, compress: str = "none",
+               examples: int = 0) -> tuple[Path, dict[str, Any]]:
     """Bundle one completed trial of a job: ``pick`` is ``knee``, ``best:<objective>[ where ...]``
-    (:func:`promptsearch.objectives.pick`) or ``trial=<trial id>``. Returns (folder, info)."""
+    (:func:`promptsearch.objectives.pick`) or ``trial=<trial id>``. Returns (folder, info).
+    ``compress`` (a :mod:`promptsearch.compress` spec) and ``examples`` (explained validation
+    images) load the job's dataset: the compressed model is evaluated on the validation and test
+    splits the trial used (CPU, one thread), see :func:`write_bundle`."""
+    from ..compress import CompressError, parse_spec
     from ..jobs import JobError, JobSpec
     from ..objectives import ObjectiveError
     from ..objectives import pick as pick_trial
     from ..search.workspace import as_workspace
 
+    try:
+        compressed = bool(parse_spec(compress))
+    except CompressError as e:
+        raise ExportError(f"--compress {compress}: {e}") from None
     ws = as_workspace(workspace)
     try:
         job_id = ws.resolve(job_id)
@@ -102,7 +117,7 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
     if not weights or not Path(weights).exists():
         raise NothingToExport(f"trial {trial['trial_id']} of job {job_id} has no saved prompt weights")
     space = SearchSpace(SpaceFile.model_validate(job["space"]), f"job {job_id}")
-    meta = _dataset_meta(spec.dataset, spec.data_root)
+    meta = _dataset_meta(spec.dataset, spec.data_root, load=compressed or examples > 0)
     clean = lambda m: {k: v for k, v in (m or {}).items() if v is not None}  # noqa: E731
     origin = {"job_id": job_id, "trial_id": trial["trial_id"], "pick": pick, "strategy": spec.strategy,
               "status": trial["status"], "epochs": len(trial.get("history") or []),
@@ -112,7 +127,16 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
                           input_channels=meta["channels"], input_size=meta["size"], metrics=clean(trial["metrics"]),
                           test_metrics=clean(trial.get("test_metrics")), dataset=meta["record"],
                           budget=spec.budget.model_dump(mode="json"), seed=int(trial.get("seed", spec.seed)),
-                          objectives=[o.model_dump(mode="json") for o in objectives], origin=origin, zip_path=zip_path)
-    return folder, {"trial_id": trial["trial_id"], "job_id": job_id, "pick": pick, "folder": str(folder),
-                    "zip": str(zip_path) if zip_path else None, "architecture": trial["candidate"]["architecture"],
-                    "metrics": clean(trial["metrics"])}
+                          objectives=[o.model_dump(mode="json") for o in objectives], origin=origin, zip_path=zip_path,
+                          compress=compress, data=meta.get("data"), examples=examples)
+    info = {"trial_id": trial["trial_id"], "job_id": job_id, "pick": pick, "folder": str(folder),
+            "zip": str(zip_path) if zip_path else None, "architecture": trial["candidate"]["architecture"],
+            "metrics": clean(trial["metrics"])}
+    if compressed or examples > 0:
+        from .bundle import load_config
+
+        cfg = load_config(folder)
+        if cfg.compression:
+            info["compression"] = cfg.compression
+        info["examples"] = len(cfg.examples)
+    return folder, info

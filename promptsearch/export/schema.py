@@ -17,7 +17,8 @@ from ..space import SearchSpace, SpaceFile
 
 BUNDLE_FORMAT = "promptsearch-bundle/1"
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "prompts.safetensors", "MODEL_CARD.md"
-BUNDLE_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
+BUNDLE_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)  # always there; example maps (EXAMPLES_DIR) when written
+EXAMPLES_DIR = "examples"
 
 
 class ExportError(ValueError):
@@ -81,6 +82,14 @@ class BundleConfig(BaseModel):
     # the component library the prompt started from: {path, version, sha256, components, tuning,
     # started_from, wrote}; None when no component came from one. Its blocks are in prompts.safetensors.
     library: dict[str, Any] | None = None
+    # deployment compression (export --compress SPEC): {spec, file_bytes, payload_bytes,
+    # uncompressed_file_bytes, uncompressed_payload_bytes, metrics: {validation, test} of the model as
+    # loaded from this bundle, reference: {validation, test} of the uncompressed weights on the same
+    # splits, on the same machine}; None = the weights are stored as trained
+    compression: dict[str, Any] | None = None
+    # example explanations of a few validation images (files under examples/): one record each,
+    # {split, index, true_label, prediction, label, probabilities, input, maps: {name: file}[, pixel_prompt]}
+    examples: list[dict[str, Any]] = Field(default_factory=list)
 
     @property
     def num_outputs(self) -> int:

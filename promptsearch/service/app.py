@@ -290,6 +290,8 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
     from .analysis_api import analysis_router
 
     app.include_router(analysis_router(ws, guarded))  # importance, curves, constraints, compare (the dashboard's)
+    from .explain_api import explain_router
+    app.include_router(explain_router(ws, guarded))  # example explanation maps of a trial
 
     # the dashboard: a static shell (no data) + Plotly from the installed package
     @app.get("/", include_in_schema=False)
