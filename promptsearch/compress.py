@@ -204,6 +204,19 @@ def write_compressed(path: str | Path, state: Mapping[str, torch.Tensor], spec: 
     return manifest
 
 
+def file_bytes(state: Mapping[str, torch.Tensor], spec: str = "none", metadata: Mapping[str, str] | None = None) -> int:
+    """Size in bytes of the safetensors file that stores ``state`` compressed with ``spec`` (``none``:
+    as it is), header and manifest included: what an export's ``prompts.safetensors`` weighs with
+    the same ``metadata`` (the objective ``prompt_bytes``; the tensors alone: :func:`stored_bytes`)."""
+    from safetensors.torch import save
+
+    plain = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if not parse_spec(spec):
+        return len(save(plain, metadata=dict(metadata) if metadata else None))
+    tensors, manifest = compress(plain, spec)
+    return len(save(tensors, metadata={**(metadata or {}), METADATA_KEY: json.dumps(manifest, separators=(",", ":"))}))
+
+
 def header(blob: bytes) -> dict[str, Any]:
     """The JSON header of safetensors bytes: tensor name -> {dtype, shape, data_offsets}, and
     ``__metadata__``."""

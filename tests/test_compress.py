@@ -163,3 +163,19 @@ def test_compressed_bytes_read_back_and_payload(tmp_path, trained):
     same, none = read_compressed_bytes(plain)
     assert none is None and all(torch.equal(same[k], v) for k, v in state.items())
     assert payload_bytes(plain) == stored_bytes(state)
+
+
+@pytest.mark.parametrize("spec", ["none", "int8", "svd:4+int8"])
+def test_file_bytes_is_the_written_file_size(tmp_path, trained, spec):
+    from safetensors.torch import save_file
+
+    from promptsearch.compress import file_bytes
+
+    state = trained.trainable_state_dict()
+    path = tmp_path / "p.safetensors"
+    meta = {"format": "promptsearch-bundle/1", "candidate": "abc"}
+    if spec == "none":
+        save_file(state, str(path), metadata=meta)
+    else:
+        write_compressed(path, state, spec, metadata=meta)
+    assert file_bytes(state, spec, meta) == path.stat().st_size
