@@ -154,9 +154,9 @@ def _train_and_evaluate(candidate: Candidate, data: Dataset, backbone: BackboneS
                         seed: int, on_epoch: EpochCallback | None, weights_out: str | Path | None, t0: float,
                         history: list[dict[str, float]], library_versions: str | Path | None = None,
                         library_version: str | None = None) -> TrialResult:
+    torch.manual_seed(seed)  # prompt and head initialisation (and a random-init backbone's, as load_exported redoes)
     built = backbone if isinstance(backbone, Backbone) else build_backbone(backbone)
-    lib = trial_library(candidate, backbone, built.image_size, library_versions, library_version)
-    torch.manual_seed(seed)  # prompt and head initialisation
+    lib = trial_library(candidate, backbone, built.image_size, library_versions, library_version)  # draws nothing
     device = torch.device(budget.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_prompted_model(candidate.arch, built, data.num_outputs,
                                  library=lib.blocks if lib is not None else None).to(device)
