@@ -328,3 +328,12 @@ def test_export_cli_compress_and_examples(tmp_path, data_root, mobilenet_weights
     res = CliRunner().invoke(app, ["export", job_id, "--pick", "trial=t0001", "--out", str(tmp_path / "x"),
                                    "--compress", "zip", "--workspace", str(ws)])
     assert res.exit_code == 2 and "unknown compression step" in res.output
+    # the job's data is not on this machine: the bundle is written without examples; --compress refuses
+    gone, job2 = _old_workspace(tmp_path / "elsewhere", tmp_path / "no-data", mobilenet_weights)
+    res = CliRunner().invoke(app, ["export", job2, "--pick", "trial=t0001", "--out", str(tmp_path / "y"),
+                                   "--workspace", str(gone)])
+    assert res.exit_code == 0, res.output
+    assert "no example maps" in res.output and load_config(tmp_path / "y").examples == []
+    res = CliRunner().invoke(app, ["export", job2, "--pick", "trial=t0001", "--out", str(tmp_path / "z"),
+                                   "--compress", "int8", "--workspace", str(gone)])
+    assert res.exit_code == 2 and "needs the job's dataset" in res.output and not (tmp_path / "z").exists()

@@ -33,6 +33,8 @@ def export(job: str = typer.Argument(..., help="Job id."),
                                   compress=compress, examples=examples)
     except (ExportError, KeyError, ValueError) as e:
         fail(str(e).strip("'\""))
+    if info.get("examples_skipped"):
+        console.print(f"[yellow]warning:[/] {info['examples_skipped']}", highlight=False, soft_wrap=True)
     console.print(f"exported trial {info['trial_id']} of job {job} ({pick}) to {folder}")
     print_json(info)
 

@@ -79,6 +79,7 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
     images) load the job's dataset: the compressed model is evaluated on the validation and test
     splits the trial used (CPU, one thread), see :func:`write_bundle`."""
     from ..compress import CompressError, parse_spec
+    from ..data import DataError
     from ..jobs import JobError, JobSpec
     from ..objectives import ObjectiveError
     from ..objectives import pick as pick_trial
@@ -117,7 +118,14 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
     if not weights or not Path(weights).exists():
         raise NothingToExport(f"trial {trial['trial_id']} of job {job_id} has no saved prompt weights")
     space = SearchSpace(SpaceFile.model_validate(job["space"]), f"job {job_id}")
-    meta = _dataset_meta(spec.dataset, spec.data_root, load=compressed or examples > 0)
+    skipped = None
+    try:
+        meta = _dataset_meta(spec.dataset, spec.data_root, load=compressed or examples > 0)
+    except DataError as e:
+        if compressed:  # the compressed model must be evaluated: no data, no compressed export
+            raise ExportError(f"--compress needs the job's dataset to evaluate the compressed model: {e}") from None
+        skipped = f"no example maps: {e}"  # examples are a bonus: the bundle is written without them
+        meta, examples = _dataset_meta(spec.dataset, spec.data_root), 0
     clean = lambda m: {k: v for k, v in (m or {}).items() if v is not None}  # noqa: E731
     origin = {"job_id": job_id, "trial_id": trial["trial_id"], "pick": pick, "strategy": spec.strategy,
               "status": trial["status"], "epochs": len(trial.get("history") or []),
@@ -132,6 +140,8 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
     info = {"trial_id": trial["trial_id"], "job_id": job_id, "pick": pick, "folder": str(folder),
             "zip": str(zip_path) if zip_path else None, "architecture": trial["candidate"]["architecture"],
             "metrics": clean(trial["metrics"])}
+    if skipped:
+        info["examples_skipped"] = skipped
     if compressed or examples > 0:
         from .bundle import load_config
 
