@@ -49,7 +49,8 @@ BACKBONES = {
 FAMILIES = {
     "pixel": lambda a, vit: a["module"] == "pixel",
     "token": lambda a, vit: vit and a["module"] == "token" and a.get("lora_rank", 0) == 0,
-    "adapter": lambda a, vit: a["module"] == "none" and a.get("adapter") == ("bottleneck" if vit else "conv"),
+    "adapter": lambda a, vit: (a["module"] == "none" and a.get("adapter") == ("bottleneck" if vit else "conv")
+                               and a.get("lora_rank", 0) == 0),
     "lora": lambda a, vit: vit and a["module"] == "none" and a.get("adapter") == "none" and a.get("lora_rank", 0) > 0,
     "token+lora": lambda a, vit: vit and a["module"] == "token" and a.get("lora_rank", 0) > 0,
 }
