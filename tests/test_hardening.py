@@ -379,6 +379,7 @@ def test_limits_come_from_the_job_defaults_file_and_the_options(tmp_path, data_r
         load_server_file(path)
     client, _ = _app(tmp_path / "x", _defaults(data_root, mobilenet_weights), max_trials=5)
     assert_refused(client.post("/jobs", json={"trials": 6}), 422, "trials: 6 is over this server's limit (limits.max_trials = 5)")
+    assert client.get("/meta").json()["limits"]["max_trials"] == 5  # the submit form can say so up front
 
 
 def test_serve_refuses_defaults_over_its_limits_or_a_bad_limit(tmp_path, data_root, mobilenet_weights):
@@ -758,3 +759,94 @@ def test_a_disk_that_fills_mid_job_is_one_line_leaves_no_temp_file_and_the_job_r
     assert "rc2=0" in out, out + res.stderr + (logs / "run2.err").read_text()[-3000:]
     status = json.loads((logs / "run2.out").read_text())["status"]
     assert status["status"] == "completed" and status["trials"]["finished"] == 4, status
+
+
+# --- the pieces, one by one -------------------------------------------------------------------------------
+@pytest.mark.parametrize("path,logged", [
+    ("/jobs?token=s3cret&limit=5", "/jobs?token=<redacted>&limit=5"),
+    ("/jobs/x/export?pick=knee&access_token=abc", "/jobs/x/export?pick=knee&access_token=<redacted>"),
+    ("/jobs?s3cret", "/jobs?<redacted>"),
+    ("/jobs?s3cret=&limit=2", "/jobs?<redacted>&limit=2"),
+    ("/jobs?", "/jobs?<redacted>"),
+    ("/health", "/health"),
+])
+def test_the_access_log_shows_only_the_apis_own_query_values(path, logged):
+    import logging
+
+    from promptsearch.commands.serve import RedactQuery
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "GET", path, "1.1", 200), None)
+    assert RedactQuery().filter(record) and record.args[2] == logged
+    assert "s3cret" not in record.getMessage() and "abc" not in record.getMessage()
+
+
+def test_private_tree_takes_group_and_other_bits_away(tmp_path):
+    from promptsearch.dispatch.ray_session import private_tree
+
+    root = tmp_path / "ray"
+    (root / "session" / "logs").mkdir(parents=True)
+    (root / "session" / "logs" / "raylet.out").write_text("x")
+    (root / "latest").symlink_to(root / "session")
+    for p in (root, root / "session", root / "session" / "logs"):
+        os.chmod(p, 0o777)  # as Ray's try_make_directory_shared leaves them
+    os.chmod(root / "session" / "logs" / "raylet.out", 0o644)
+    private_tree(root)
+    modes = {str(p.relative_to(root)): stat.S_IMODE(p.lstat().st_mode) for p in [root, *root.rglob("*")] if not p.is_symlink()}
+    assert modes == {".": 0o700, "session": 0o700, "session/logs": 0o700, "session/logs/raylet.out": 0o600}
+
+
+def test_job_files_get_the_same_device_and_count_checks(tmp_path):
+    from promptsearch.jobs import JobError, parse_job
+
+    for text, reason in [("budget:\n  device: tpu:99\n", r"j.yaml:2: budget.device: device must be"),
+                         ("budget:\n  device: ../../etc/passwd\n", r"j.yaml:2: budget.device"),
+                         ("trials: true\n", r"j.yaml:1: trials: must be a whole number"),
+                         ("budget:\n  epochs: 2.5\n", r"j.yaml:2: budget.epochs: must be a whole number"),
+                         ("backbone:\n  image_size: yes\n", r"j.yaml:2: backbone.image_size")]:
+        with pytest.raises(JobError, match=reason):
+            parse_job(text, "j.yaml", check=False)
+    assert parse_job("budget:\n  device: cuda:1\n", "j.yaml", check=False).budget.device == "cuda:1"
+
+
+def test_weights_that_are_not_weights_say_what_they_are(tmp_path, mobilenet_weights):
+    import torch
+
+    from promptsearch.backbones import WeightsError, load_state_file
+
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    files = {"text.pth": ("write_text", "these are not weights\n"), "empty.pth": ("write_bytes", b""),
+             "random.pth": ("write_bytes", bytes(range(7, 256)) * 16),
+             "payload.pth": ("write_bytes", pickle.dumps({"w": Payload()})),
+             "truncated.pth": ("write_bytes", mobilenet_weights.read_bytes()[:100_000]),
+             "bad.safetensors": ("write_bytes", os.urandom(64))}
+    for name, (how, data) in files.items():
+        getattr(tmp_path / name, how)(data)
+    torch.save({"w": Payload()}, tmp_path / "objects.pth")  # a torch zip holding a pickled object
+    expected = {"text.pth": "a text file, not weights", "empty.pth": "the file is empty",
+                "random.pth": "not a weights file torch or safetensors can read",
+                "payload.pth": "a pickle payload that builds objects or calls code",
+                "truncated.pth": "corrupt or truncated", "bad.safetensors": "not a safetensors file",
+                "objects.pth": "pickled code or objects"}
+    for name, reason in expected.items():
+        with pytest.raises(WeightsError) as e:
+            load_state_file(tmp_path / name)
+        assert str(tmp_path / name) in str(e.value) and reason in str(e.value), str(e.value)
+        assert "Please file an issue" not in str(e.value) and "pop from empty list" not in str(e.value)
+    assert not marker.exists()
+
+
+def test_a_corrupt_npz_says_so_when_a_trial_loads_it(tmp_path):
+    from promptsearch.data import DataError, load_dataset
+
+    (tmp_path / "breastmnist.npz").write_bytes(os.urandom(4096))
+    with pytest.raises(DataError, match="breastmnist.npz .*corrupt or not an npz file"):
+        load_dataset("breastmnist", root=tmp_path)
+    np.savez(tmp_path / "breastmnist.npz", x=np.zeros(3))
+    with pytest.raises(DataError, match="not a MedMNIST archive: train_images .* \\(it holds x\\)"):
+        load_dataset("breastmnist", root=tmp_path)

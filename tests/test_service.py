@@ -292,6 +292,8 @@ def test_export_zip_round_trip(server, finished_job, breast, tmp_path):
     assert server.client.get(f"/jobs/{finished_job}/export", params={"pick": "trial=t9999"}).status_code == 404
     assert server.client.get(f"/jobs/{finished_job}/export", params={"pick": "best:nothing"}).status_code == 422
     assert server.client.get(f"/jobs/{finished_job}/export", params={"pick": "trial=../x"}).status_code == 422
+    scratch = server.workspace / "tmp"  # bundles are built in the workspace (0700), not the system temp dir
+    assert scratch.is_dir() and oct(scratch.stat().st_mode & 0o777) == "0o700" and not list(scratch.iterdir())
 
 
 def test_export_cli(server, finished_job, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import parse_qsl, quote
@@ -37,12 +38,17 @@ class RedactQuery(logging.Filter):
 
 
 def redact_query(path: str) -> str:
-    """``/x?token=abc&limit=5`` -> ``/x?token=<redacted>&limit=5``."""
+    """``/x?token=abc&limit=5`` -> ``/x?token=<redacted>&limit=5``; a bare or odd key (``/x?abc``,
+    which may be the secret itself) -> ``<redacted>`` whole."""
     base, _, query = path.partition("?")
     parts = []
     for key, value in parse_qsl(query, keep_blank_values=True):
-        shown = quote(value, safe="") if key in LOGGED_QUERY_PARAMS else "<redacted>"
-        parts.append(f"{quote(key, safe='')}={shown}")
+        if key in LOGGED_QUERY_PARAMS:
+            parts.append(f"{key}={quote(value, safe='')}")
+        elif value and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", key):
+            parts.append(f"{key}=<redacted>")
+        else:
+            parts.append("<redacted>")
     return f"{base}?{'&'.join(parts)}" if parts else f"{base}?<redacted>"
 
 

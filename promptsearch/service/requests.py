@@ -266,7 +266,8 @@ def _medmnist_2d() -> list[str]:
 
 
 def meta(settings: Settings) -> dict[str, Any]:
-    """What the submit form offers: spaces, strategies, datasets, objectives and the public job defaults."""
+    """What the submit form offers: spaces, strategies, datasets, objectives, the public job defaults (what
+    ``{}`` runs) and the server's limits."""
     from ..objectives import DEFAULT_OBJECTIVES, KNOWN_OBJECTIVES
     from ..space import list_spaces
     from ..strategies import STRATEGIES
@@ -282,4 +283,4 @@ def meta(settings: Settings) -> dict[str, Any]:
             "objectives": {"known": sorted(KNOWN_OBJECTIVES), "default": [o.name for o in DEFAULT_OBJECTIVES]},
             "defaults": {"space": "medical", "strategy": "random", "dataset": "breastmnist", **public},
             "defaults_source": Path(settings.defaults_source).name if settings.defaults_source else None,
-            "auth": bool(settings.token)}
+            "auth": bool(settings.token), "limits": settings.limits.model_dump()}
