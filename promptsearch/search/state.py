@@ -594,6 +594,7 @@ class JobWriter:
         self._fds: list[int] = []
         self._curve_fd: int | None = None
         self.broken: OSError | None = None  # set by a failed write: nothing more is written
+        self._front_json: dict[str, str] = {}  # front member -> its record, encoded
         self.offset = 0
         self.view: Replay | None = None
         self._summary_seq, self._summary_at = -1, 0.0
@@ -766,8 +767,14 @@ class JobWriter:
         self._summary_seq, self._summary_at = self.view.seq, time.monotonic()
 
     def write_front(self, front: Any) -> None:
-        self._atomic(FRONT, _dumps({"job_id": self.job_id, "seq": self.view.front_seq, "finished": self.view.finished,
-                                    "hypervolume": front.hypervolume, "trials": front.records()}))
+        """``front.json``: O(front) bytes when the front changes; a member's record is encoded
+        once, when it joins (a finished trial's record no longer changes)."""
+        records = front.records()
+        cache = {r["trial_id"]: self._front_json.get(r["trial_id"]) or _dumps(r) for r in records}
+        self._front_json = cache
+        head = _dumps({"job_id": self.job_id, "seq": self.view.front_seq, "finished": self.view.finished,
+                       "hypervolume": front.hypervolume})
+        self._atomic(FRONT, head[:-1] + ',"trials":[' + ",".join(cache[r["trial_id"]] for r in records) + "]}")
 
     def append_curve(self, point: Sequence[Any]) -> None:
         data = (_dumps(list(point)) + "\n").encode()
