@@ -603,6 +603,33 @@ def test_a_full_disk_at_start_is_one_line(tmp_path, data_root, mobilenet_weights
     _one_line(res, "is not writable", "No space left on device (errno 28 ENOSPC)")
 
 
+@needs_mounts
+def test_a_full_workspace_is_a_507_that_leaves_nothing_behind(tmp_path, data_root, mobilenet_weights):
+    """The server's disk fills while it runs: a submission is a 507 naming the trouble, writes
+    nothing (no job, no inline space, no temp file), and the server keeps answering."""
+    from test_service import Server
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text(yaml.safe_dump(_defaults(data_root, mobilenet_weights)))
+    prefix = ("unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {disk} && exec \"$@\"", "sh")
+    srv = Server(disk / "ws", defaults, prefix=prefix).start()
+    try:
+        inside = ["nsenter", "-t", str(srv.proc.pid), "-m"]
+        subprocess.run([*inside, "dd", "if=/dev/zero", f"of={disk}/filler", "bs=64k", "count=64"], capture_output=True)
+        r = srv.client.post("/jobs", json={"name": "full"})
+        assert r.status_code == 507 and "MiB free" in r.json()["detail"], r.text
+        r = srv.client.post("/jobs", json={"name": "full", "space": _space("inline", description="x" * 600)})
+        assert r.status_code == 507 and "No space left on device, errno 28" in r.json()["detail"], r.text
+        assert "Traceback" not in r.text
+        left = subprocess.run([*inside, "find", str(disk / "ws"), "-mindepth", "1"], capture_output=True, text=True).stdout
+        assert left.split() == [], left  # no jobs/, no spaces/ file, no temp file
+        assert srv.client.get("/health").status_code == 200 and srv.client.get("/jobs").json() == {"jobs": []}
+    finally:
+        srv.stop()
+
+
 def test_an_unhandled_os_error_is_one_line_naming_the_path(tmp_path):
     """The code path of a failed write, without a special disk: the workspace is a file."""
     ws = tmp_path / "ws"

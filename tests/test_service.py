@@ -53,9 +53,9 @@ class Server:
     """``promptsearch serve`` as a subprocess on a free loopback port."""
 
     def __init__(self, workspace: Path, defaults: Path, token: str | None = None, max_jobs: int = 1,
-                 log_level: str = "warning", args: tuple[str, ...] = ()):
+                 log_level: str = "warning", args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()):
         self.workspace, self.defaults, self.token, self.max_jobs = workspace, defaults, token, max_jobs
-        self.log_level, self.args = log_level, list(args)
+        self.log_level, self.args, self.prefix = log_level, list(args), list(prefix)  # prefix: e.g. unshare ...
         self.proc: subprocess.Popen | None = None
         self.log = workspace.parent / f"{workspace.name}-server.log"
 
@@ -67,7 +67,7 @@ class Server:
         env.pop("MLFLOW_TRACKING_URI", None)
         if self.token:
             env["PROMPTSEARCH_API_TOKEN"] = self.token
-        cmd = [sys.executable, "-m", "promptsearch.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [*self.prefix, sys.executable, "-m", "promptsearch.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--workspace", str(self.workspace), "--job-defaults", str(self.defaults),
                "--max-jobs", str(self.max_jobs), "--log-level", self.log_level, *self.args]
         with open(self.log, "ab") as out:

@@ -36,7 +36,7 @@ from . import jobs
 from .requests import JobRequest, job_spec, valid_id
 from .requests import meta as meta_view
 from .runner import JobRunner
-from .settings import Settings, os_error_line
+from .settings import STORAGE_ERRNOS, Settings, os_error_line
 from .views import JobSummary, Pareto, TrialPage, existing, job_objectives, pareto_view, spec_json, status_of, summary_view, trial_views
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboard"
@@ -147,10 +147,11 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
 
     @app.exception_handler(OSError)
     async def storage_error(request: Request, exc: OSError) -> JSONResponse:
-        # the workspace could not be written (a full or read-only disk): the server's trouble, said in one line
         log.error("%s %s: %s", request.method, request.url.path, os_error_line(exc))
-        return JSONResponse({"detail": f"the server could not write its workspace ({exc.strerror or type(exc).__name__}, "
-                                       f"errno {exc.errno}); nothing was submitted"}, status_code=507)
+        if exc.errno in STORAGE_ERRNOS:  # a full or read-only disk: the server's trouble, said in one line
+            return JSONResponse({"detail": f"the server could not write its workspace ({exc.strerror}, errno "
+                                           f"{exc.errno}); nothing was submitted"}, status_code=507)
+        return JSONResponse({"detail": "internal error reading the workspace (see the server's log)"}, status_code=500)
 
     def auth(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if not settings.token:

@@ -13,6 +13,7 @@ Everything is checked before anything is written: a refused request changes noth
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from pathlib import Path
@@ -203,8 +204,15 @@ def _space_field(space: str | dict[str, Any], workspace: Path, limits: Limits | 
     folder = workspace / "spaces"
     path = folder / f"{parsed.name}-{parsed.hash}.yaml"  # the name follows the id rule (_space_size)
     if not path.exists():
+        made = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, text)  # an OSError (a full disk) is the server's 507, not the request's fault
+        try:
+            atomic_write(path, text)  # an OSError (a full disk) is the server's 507, not the request's fault
+        except OSError:
+            if made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
         if created is not None:
             created.append(path)
     return str(path)
