@@ -27,6 +27,36 @@ WorkspaceOpt = typer.Option(None, "--workspace", envvar="PROMPTSEARCH_WORKSPACE"
 PatchSize = typer.Option(None, "--patch-size", help="ViT patch size override (e.g. 4 for 28 px input).")
 
 
+class RichProgress:
+    """Training progress as rich progress bars on stderr, one per stage (an epoch, a cache); a
+    command subclasses it with its own ``epoch_end``. Hooks for ``pretrain`` and ``library build``."""
+
+    def __init__(self) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=console)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def stage(self, description: str, total: int) -> None:
+        self.task = self.progress.add_task(description, total=total, info="")
+
+    def advance(self, n: int, **info: float) -> None:
+        self.progress.update(self.task, advance=n, info="  ".join(f"{k} {v:.4f}" for k, v in info.items()))
+
+    def done(self) -> None:
+        pass
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # grep-able, unwrapped
     raise typer.Exit(code)

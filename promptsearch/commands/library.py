@@ -19,37 +19,17 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .common import (BackboneWeights, DataRoot, ImageSize, PatchSize, Pretrained, console, fail, out, print_json)
+from .common import (RichProgress, BackboneWeights, DataRoot, ImageSize, PatchSize, Pretrained, console, fail, out, print_json)
 from .data import CatalogFiles, FoldersRoot
 
 library_app = typer.Typer(help="Component libraries: prompt blocks learned per anatomy, modality and pathology.",
                           no_args_is_help=True)
 
 
-class RichHooks:
-    """Build progress as rich progress bars on stderr, one per epoch."""
-
-    def __init__(self) -> None:
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console)
-        self.task = None
-
-    def __enter__(self) -> RichHooks:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.stop()
-
-    def stage(self, description: str, total: int) -> None:
-        self.task = self.progress.add_task(description, total=total, info="")
-
-    def advance(self, n: int, **info: float) -> None:
-        self.progress.update(self.task, advance=n, info="  ".join(f"{k} {v:.4f}" for k, v in info.items()))
+class RichHooks(RichProgress):
+    """Build progress: one bar per epoch."""
 
     def epoch_end(self, epoch: int, row: dict[str, float]) -> None:
         aucs = {k.removesuffix("/val_auc"): v for k, v in row.items() if k.endswith("/val_auc")}

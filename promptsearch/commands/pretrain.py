@@ -13,36 +13,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .common import DataRoot, console, fail, print_json
+from .common import RichProgress, DataRoot, console, fail, print_json
 
 
-class RichHooks:
-    """Pretraining progress as rich progress bars on stderr: one bar per epoch (and the teacher cache)."""
-
-    def __init__(self) -> None:
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console)
-        self.task = None
-
-    def __enter__(self) -> RichHooks:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.stop()
-
-    def stage(self, description: str, total: int) -> None:
-        self.task = self.progress.add_task(description, total=total, info="")
-
-    def advance(self, n: int, **info: float) -> None:
-        self.progress.update(self.task, advance=n, info="  ".join(f"{k} {v:.4f}" for k, v in info.items()))
-
-    def done(self) -> None:
-        pass
+class RichHooks(RichProgress):
+    """Pretraining progress: one bar per epoch (and the teacher cache)."""
 
     def epoch_end(self, epoch: int, row: dict[str, float]) -> None:
         from ..pretrain import epoch_metrics
