@@ -103,6 +103,11 @@ def test_incremental_front_equals_the_front_of_all_trials():
             assert [t["trial_id"] for t in front.records()] == expect
             assert front.hypervolume == pytest.approx(hypervolume(records[:k]), abs=1e-12)
     assert front.recomputes < 400 - 36  # dominated and failed trials never recompute the hypervolume
+    batched = Front(DEFAULT_OBJECTIVES)  # a resume's way: offers sorted in by moocore, in batches
+    batched.BATCH = 64
+    batched.extend(records)
+    assert [t["trial_id"] for t in batched.records()] == [t["trial_id"] for t in front.records()]
+    assert batched.hypervolume == pytest.approx(front.hypervolume, abs=1e-12)
 
 
 # --- the log ----------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from ..metrics import clean_metrics
 from ..results import TrialResult, finite_rows
 from .front import Front
 from .records import TrialRecord
-from .state import JobStore, JobWriter, static_info
+from .state import JobStore, JobWriter, compact_record, static_info
 from .summary import job_summary
 from .workspace import Workspace, cancel_requested
 
@@ -361,7 +361,7 @@ class SearchLoop:
             record["mlflow_run_id"] = self._track("start_trial", self.tracker.start_trial, m["experiment_id"],
                                                   m["parent_run_id"], self.job_id, self.spec.strategy, self.space.hash,
                                                   record, trial_config)
-        self._emit("ask", trial=record)
+        self._emit("ask", trial=compact_record(record))
         return config
 
     def epoch(self, trial_id: str, row: dict[str, float], node: dict[str, Any]) -> None:

@@ -78,6 +78,30 @@ STATUSES = frozenset(typing.get_args(JobStatus))
 JOB_FIELDS = frozenset({"status", "message", "created_at", "started_at", "finished_at", "attempts", "coordinator",
                         "mlflow"})
 TRIAL_FIELDS = frozenset(TrialRecord.model_fields) - {"trial_id", "index", "candidate"}
+# A record's defaults (TrialRecord's, in its field order): an ask event leaves out the fields that
+# hold them, and the replay puts them back (fresh containers for each record).
+_KEEP = ("trial_id", "index", "candidate", "started_at")  # required, or a default made at the time
+
+
+def _maker(field: Any):
+    if field.default_factory in (dict, list):
+        return field.default_factory
+    return (lambda d=field.default: d) if field.default_factory is None and not field.is_required() else (lambda: None)
+
+
+_MAKERS = {k: _maker(f) for k, f in TrialRecord.model_fields.items()}
+
+
+def compact_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A new trial's record without the fields that hold their default (what an ask event stores)."""
+    return {k: v for k, v in record.items() if k in _KEEP or k not in _MAKERS or v != _MAKERS[k]()}
+
+
+def full_record(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The record an ask event describes, every field present (``job_trials``'s shape)."""
+    return {**{k: make() for k, make in _MAKERS.items()}, **fields}
+
+
 NODE_FIELDS = ("node_id", "node_ip", "pid", "cpu_time_s")
 
 
@@ -211,7 +235,7 @@ class Replay:
         self.job.update(fields)
 
     def _ask(self, ev: Mapping[str, Any]) -> None:
-        t = dict(ev["trial"])
+        t = full_record(ev["trial"])
         tid = t["trial_id"]
         if tid in self.trials or t.get("status") != "running" or not isinstance(t.get("index"), int):
             raise EventError(f"ask of trial {tid!r}: repeated, or not a new running trial")
@@ -272,7 +296,7 @@ class Replay:
                 if old is None or (v > old if maximise else v < old):
                     self.best[name] = v
             if self.front is not None:
-                self.front.add(t, recompute=False)
+                self.front.offer(t)
 
     def _preempt(self, ev: Mapping[str, Any]) -> None:
         t = self._live(ev)

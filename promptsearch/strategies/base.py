@@ -32,7 +32,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..objectives import Objective, Scalarization, normalised_values, objective_row, parse_objectives, scalarize
+import numpy as np
+
+from ..objectives import (FAILED_REWARD, Objective, Scalarization, normalised_values, objective_row, parse_objectives,
+                          scalarize)
 from ..registry import Registry
 from ..space import Candidate, SearchSpace
 from ..results import TrialResult
@@ -222,7 +225,8 @@ class Strategy(ABC):
         """Rebuild the bookkeeping (asked genomes, pending asks, told results) from ``("ask",
         genome, key)`` / ``("tell", key, result)`` events, as :meth:`ask` and :meth:`tell` kept
         it, without proposing or learning anything again."""
-        self.asked, self.pending, self.told, self._told_keys = {}, {}, [], set()
+        self.asked, self.pending, self._told_keys = {}, {}, set()
+        told: list[tuple[Genome, Any]] = []
         for event in history:
             if event[0] == "ask":
                 genome = tuple(int(x) for x in event[1])
@@ -231,9 +235,26 @@ class Strategy(ABC):
             elif event[1] not in self._told_keys:
                 if event[1] not in self.pending:
                     raise StrategyError(f"history tells {event[1]!r}, which it never asked")
-                obs = self.observation(self.pending.pop(event[1]), event[2])
+                told.append((self.pending.pop(event[1]), event[2]))
                 self._told_keys.add(event[1])
-                self.told.append(obs)
+        self.told = self.observations(told)
+
+    def observations(self, told: Sequence[tuple[Genome, Any]]) -> list[Observation]:
+        """:meth:`observation` of many (genome, result) pairs in one numpy pass (a resume
+        rebuilding thousands): the same numbers — the normalisation is elementwise, and each
+        reward is the same dot product as :func:`~promptsearch.objectives.scalarize`'s."""
+        rows = [objective_row(r, self.objectives) for _, r in told]
+        ok = [row for row in rows if row is not None]
+        values = normalised_values(np.array(ok), self.objectives) if ok else np.zeros((0, len(self.objectives)))
+        w = self.scalarization.weights(self.objectives) if ok else None
+        out, k = [], 0
+        for (genome, _), row in zip(told, rows):
+            if row is None:
+                out.append(Observation(tuple(genome), None, FAILED_REWARD))
+            else:
+                out.append(Observation(tuple(genome), tuple(float(x) for x in values[k]), float(np.dot(w, values[k]))))
+                k += 1
+        return out
 
     # --- what a strategy implements ---------------------------------------------------------------
     @abstractmethod
