@@ -18,7 +18,6 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console, Group
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -75,7 +74,7 @@ def front_table(job_id: str, front: list[dict[str, Any]], objectives: list[dict[
     t = Table(title=f"Pareto front of {job_id} ({len(front)} trial(s))")
     t.add_column("trial", no_wrap=True)
     for o in objectives:
-        t.add_column(f"{o['name']} ({o['direction']})", justify="right")
+        t.add_column(f"{o['name']} ({o['direction']})", justify="right", no_wrap=True)  # short numbers: no wrap to measure
     t.add_column("architecture", overflow="fold")
     for r in front:
         t.add_row(r["trial_id"], *[_fmt(r["metrics"].get(o["name"])) for o in objectives], _arch(r["candidate"]))
@@ -85,6 +84,8 @@ def front_table(job_id: str, front: list[dict[str, Any]], objectives: list[dict[
 def _run(ws, job_id: str, ray_address: str | None, resume_cancelled: bool, as_json: bool) -> None:
     from ..jobs import JobError
     from ..service.jobs import job_front, job_status, run_job
+
+    from rich.live import Live
 
     last = [0.0]
     if as_json:
