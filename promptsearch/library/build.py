@@ -38,7 +38,7 @@ from ..losses import loss_fn
 from ..metrics import classification_metrics
 from ..space import Depth
 from ..threads import torch_threads
-from .manifest import CHECKPOINT, GENERIC, TASKS, WEIGHTS, LibraryError
+from .manifest import CHECKPOINT, GENERIC, TASKS, LibraryError
 from .model import LibraryModel, Task
 from .store import Library, open_library, write_library
 
@@ -462,4 +462,4 @@ def add_to_library(library: str | Path, datasets: Sequence[str], out: str | Path
                       hooks or BuildHooks())
 
 
-__all__ = ["BuildConfig", "BuildHooks", "BuildResult", "WEIGHTS", "add_to_library", "build_library", "composition"]
+__all__ = ["BuildConfig", "BuildHooks", "BuildResult", "add_to_library", "build_library", "composition"]
