@@ -384,6 +384,9 @@ def _native(pid: int) -> set[str]:
 
 
 def _kind(cmd: list[str]) -> str:
+    exe = (cmd[0] if cmd else "").rsplit("/", 1)[-1]
+    if exe in ("raylet", "gcs_server"):  # their command lines name the worker command too
+        return f"ray {exe}"
     text = " ".join(cmd)
     for key, name in (("ImplicitFunc", "trial worker (Tune actor)"), ("promptsearch.cli", "coordinator (promptsearch search)"),
                       ("default_worker", "ray worker (idle)"), ("ray::IDLE", "ray worker (idle)"),
@@ -449,9 +452,9 @@ def realjob(a) -> None:
             m = _mem(pid)
             if m is None:
                 continue
-            cmd = _cmdline(pid)
-            info = peak.setdefault(pid, {"kind": _kind(cmd), "rss": 0, "pss": 0, "threads": 0})
-            if "ImplicitFunc" in " ".join(cmd):  # an idle worker that became a trial's actor
+            pcmd = _cmdline(pid)
+            info = peak.setdefault(pid, {"kind": _kind(pcmd), "rss": 0, "pss": 0, "threads": 0})
+            if "ImplicitFunc" in " ".join(pcmd):  # an idle worker that became a trial's actor
                 info["kind"] = "trial worker (Tune actor)"
             info["threads"] = max(info["threads"], _threads(pid))
             info["rss"], info["pss"] = max(info["rss"], m[0]), max(info["pss"], m[1])
