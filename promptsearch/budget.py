@@ -45,6 +45,8 @@ class Budget(BaseModel):
     latency_repeats: Count = Field(10, ge=1, le=100_000)  # batch-1 forward passes timed for latency_ms
     diverge_loss: float = Field(1e4, gt=0, allow_inf_nan=False)  # a loss above this ends the trial as diverged
     device: str | None = None  # "cpu", "cuda", "cuda:1"; None: cuda when visible (a Ray GPU worker), else cpu
+    # how exports store the prompts, and so what the prompt_bytes metric measures (svd:RANK, int8, svd:R+int8)
+    compress: str = Field("none", pattern=r"^(none|(svd:[1-9][0-9]*)(\+int8(:(channel|tensor))?)?|int8(:(channel|tensor))?)$")
 
     @field_validator("device")
     @classmethod

@@ -106,6 +106,8 @@ KNOWN_OBJECTIVES: dict[str, Objective] = {o.name: o for o in [
     Objective(name="balanced_accuracy", direction="max", group="accuracy"),
     Objective(name="worst_class_recall", direction="max", group="safety"),
     Objective(name="prompt_params", direction="min", group="efficiency", bounds=(10.0, 1e7), scale="log"),
+    # bytes of the stored prompts (prompts.safetensors of an export with the job's budget.compress)
+    Objective(name="prompt_bytes", direction="min", group="efficiency", bounds=(100.0, 1e9), scale="log"),
     Objective(name="trainable_params", direction="min", group="efficiency", bounds=(10.0, 1e8), scale="log"),
     Objective(name="head_params", direction="min", group="efficiency", bounds=(1.0, 1e7), scale="log"),
     Objective(name="latency_ms", direction="min", group="efficiency", bounds=(0.1, 1e4), scale="log"),

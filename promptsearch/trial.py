@@ -34,6 +34,8 @@ from .losses import loss_fn
 from .metrics import classification_metrics
 from .results import TrialResult
 from .threads import torch_threads
+from .compress import file_bytes
+from .version import BUNDLE_FORMAT
 from .backbones import Backbone, BackboneSpec, build_backbone
 from .prompts import IncompatibleCandidate, PromptedModel, build_prompted_model
 from .library import trial_library, write_back
@@ -166,6 +168,9 @@ def _train_and_evaluate(candidate: Candidate, data: Dataset, backbone: BackboneS
     history.extend(rows)
     final = {k.removeprefix("val_"): v for k, v in history[-1].items() if k.startswith("val_")}
     final.update({k: float(v) for k, v in model.cost().items()})
+    # the stored size of what an export writes (prompts.safetensors, same metadata): the prompt_bytes objective
+    final["prompt_bytes"] = float(file_bytes(model.trainable_state_dict(), budget.compress,
+                                             {"format": BUNDLE_FORMAT, "candidate": candidate.key}))
     final["latency_ms"] = latency_ms(model, data.val.images[:1].float() / 255.0, budget.latency_repeats)
     test = evaluate(model, data.test.subset(budget.max_eval_samples, 0), data.task, budget.eval_batch_size)
     if not all(math.isfinite(final[k]) for k in ("auc", "accuracy", "worst_class_recall")):

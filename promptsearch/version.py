@@ -4,3 +4,4 @@
 """
 
 __version__ = "0.1.0"
+BUNDLE_FORMAT = "promptsearch-bundle/1"  # an export bundle's format (config.json, prompts.safetensors metadata)

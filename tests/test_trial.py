@@ -122,3 +122,28 @@ def test_cli_errors_are_clear(tmp_path, data_root):
     out = subprocess.run([sys.executable, "-m", "promptsearch.cli", "space", "validate", str(bad)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "bad.yaml:4: decisions.fusion.choices: Tuple should have at least 1 item" in out.stderr
+
+
+def test_prompt_bytes_is_the_size_an_export_writes(breast, mobilenet_weights, tmp_path):
+    """``prompt_bytes`` (an objective a job may list) is the exported prompts.safetensors's size,
+    for the job's ``budget.compress``; compressed prompts weigh less."""
+    from promptsearch.export import write_trial_bundle
+    from promptsearch.objectives import parse_objectives
+
+    assert parse_objectives(["auc", "prompt_bytes"])[1].direction == "min"
+    space = load_space("pixel")
+    cand = space.candidate(space.encode({**PIXEL, "pixel_prompt": "overlay"}))
+    sizes = {}
+    for spec in ("none", "int8"):
+        budget = Budget(epochs=1, max_train_samples=64, threads=1, latency_repeats=2, compress=spec)
+        r = run_trial(cand, breast, _mobilenet(mobilenet_weights, 32), budget, seed=0,
+                      weights_out=tmp_path / f"{spec}.safetensors")
+        assert r.status == "completed", r.reason
+        out = write_trial_bundle(tmp_path / spec, candidate=cand, result=r, data=breast,
+                                 backbone=_mobilenet(mobilenet_weights, 32), weights=tmp_path / f"{spec}.safetensors",
+                                 budget=budget, compress=spec)
+        assert r.metrics["prompt_bytes"] == (out / "prompts.safetensors").stat().st_size
+        sizes[spec] = r.metrics["prompt_bytes"]
+    assert sizes["int8"] < sizes["none"]
+    with pytest.raises(ValueError):
+        Budget(compress="zip")

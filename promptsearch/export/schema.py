@@ -10,12 +10,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..version import __version__
+from ..version import BUNDLE_FORMAT, __version__
 from ..backbones import BackboneSpec
 from ..files import file_sha256
 from ..space import SearchSpace, SpaceFile
 
-BUNDLE_FORMAT = "promptsearch-bundle/1"
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "prompts.safetensors", "MODEL_CARD.md"
 BUNDLE_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)  # always there; example maps (EXAMPLES_DIR) when written
 EXAMPLES_DIR = "examples"
