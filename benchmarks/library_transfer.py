@@ -279,7 +279,12 @@ def write_table(rows: list[dict[str, str]] | None = None) -> None:
     rows = read_rows() if rows is None else rows
     out = ["# Library transfer (leave one dataset out, pixel prompts, 32 px)", "",
            "Made by `benchmarks/library_transfer.py` (see its docstring for the protocol); rows finish incrementally,",
-           "so a table may be partial. Means ± sd over the seeds that finished (n in brackets).", ""]
+           "so a table may be partial. Means ± sd over the seeds that finished (n: seeds at 10 epochs).", "",
+           "What each library holds of its target: retinamnist's has eye + fundus from eye_fundus (another source:",
+           "the clean transfer case) and eye_fundus's has them from retinamnist (28 px images); breastmnist's has",
+           "neither breast nor ultrasound (BUSI, its source, is left out) and brain_tumor_mri's has neither brain nor",
+           "mri: those two share only pathology tags (tumor, normal) and the generic `medical` block with theirs.",
+           "Components without a block start from scratch in every condition.", ""]
     libs = [r for r in rows if r["phase"] == "library"]
     if libs:
         out += ["## Library builds", "", "| backbone | without | sources | version | epochs | train s | wall s | peak RSS MB |",
