@@ -1,0 +1,100 @@
+"""Multi-objective asynchronous successive halving (MO-ASHA): the one rung rule every job and
+benchmark uses.
+
+    python -c "from promptsearch.rungs import Scheduler, promote; print(promote([[0.9, 0.5], [0.7, 0.4]], [0.8, 0.6], Scheduler(rungs=[1, 3])))"
+
+A job with ``scheduler: {rungs: [1, 3], eta: 3}`` trains each trial to its full ``budget.epochs``
+unless, at a rung epoch, the trial's objective vector is not in the top ``1/eta`` of the vectors
+recorded at that rung so far (asynchronous: no waiting for a rung to fill; like Ray's ASHA, the
+first trials at a rung always continue). The ranking:
+
+* ``nds`` (default, MO-ASHA as in Syne Tune): non-dominated sorting of the rung's vectors, ties
+  within a level broken by hypervolume contribution (``tie_break: hv``) or NSGA-II crowding
+  distance (``tie_break: crowding``);
+* ``scalar``: the weighted sum of normalised objectives (equal weights unless the job's
+  scalarization says otherwise) — Ray Tune's ASHA on one metric, the peer baseline.
+
+Vectors are *normalised* objective values (``objectives.normalised_values``: ``[0, 1]``, 1 = best),
+cost objectives (parameters, bytes, latency) taking part as measured. The rule is a pure function
+of the recorded vectors, so the search loop's decisions can be stored in its event log and are
+the same after a resume, and a benchmark replays them without Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .budget import Count
+
+
+class Scheduler(BaseModel):
+    """Early stopping of a job's trials (the job's ``scheduler:``); ``None`` in a job: every trial
+    trains its full budget."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rungs: list[Count] = Field(min_length=1, max_length=32)  # epochs at which a trial is ranked, ascending
+    eta: float = Field(3.0, gt=1, le=100)  # keep the top 1/eta at each rung
+    ranking: Literal["nds", "scalar"] = "nds"
+    tie_break: Literal["hv", "crowding"] = "hv"
+    front_includes_stopped: bool = False  # a stopped trial may sit on the job's front (its rung metrics)
+
+    @field_validator("rungs")
+    @classmethod
+    def _ascending(cls, v: list[int]) -> list[int]:
+        if any(r < 1 for r in v) or any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"rungs must be ascending epochs >= 1, got {v}")
+        return v
+
+    def active(self, epochs: int) -> list[int]:
+        """The rungs a trial of ``epochs`` epochs can stop at (a rung at or past the last epoch is none)."""
+        return [r for r in self.rungs if r < epochs]
+
+
+def order(points: np.ndarray, scheduler: Scheduler, weights: np.ndarray | None = None) -> np.ndarray:
+    """Indices of ``points`` ``(n, m)`` (normalised, maximised) best first under the scheduler's ranking."""
+    import moocore
+
+    points = np.asarray(points, dtype=float).reshape(len(points), -1)
+    n, m = points.shape
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    if scheduler.ranking == "scalar":
+        w = np.full(m, 1.0 / m) if weights is None else np.asarray(weights, dtype=float)
+        score = points @ w
+        return np.lexsort((np.arange(n), -score))  # higher score first, then earlier
+    levels = moocore.pareto_rank(points, maximise=True).astype(int)  # (n,) 0 = non-dominated
+    tie = np.zeros(n)
+    for level in np.unique(levels):
+        idx = np.flatnonzero(levels == level)
+        if len(idx) > 1:
+            tie[idx] = _tie_values(points[idx], scheduler.tie_break)
+    return np.lexsort((np.arange(n), -tie, levels))  # level, then larger contribution, then earlier
+
+
+def _tie_values(points: np.ndarray, how: str) -> np.ndarray:
+    """(k,) larger = better among points of one non-dominated level."""
+    if how == "hv":
+        import moocore
+
+        return np.asarray(moocore.hv_contributions(points, ref=np.zeros(points.shape[1]), maximise=True), dtype=float)
+    from .objectives import crowding_distance
+
+    return crowding_distance(points)
+
+
+def promote(recorded: Sequence[Sequence[float]], point: Sequence[float], scheduler: Scheduler,
+            weights: np.ndarray | None = None) -> bool:
+    """Whether a trial whose (normalised) vector at a rung is ``point`` continues, given the
+    vectors ``recorded`` earlier at that rung: it does when at most ``len(recorded) / eta`` of them
+    rank above it (the multi-objective form of ASHA's "at least the (1 - 1/eta) quantile")."""
+    if not len(recorded):
+        return True
+    pts = np.vstack([np.asarray(recorded, dtype=float), np.asarray(point, dtype=float)[None, :]])  # (n+1, m)
+    ranked = order(pts, scheduler, weights)
+    above = int(np.flatnonzero(ranked == len(pts) - 1)[0])  # how many recorded vectors rank above it
+    return above <= len(recorded) / scheduler.eta
