@@ -285,12 +285,16 @@ class ExactOracle:
         for r in rows:
             self.rows.setdefault(r["architecture"], []).append(r)
 
-    def result(self, cand, rng: random.Random) -> dict[str, Any]:
+    def row(self, cand, rng: random.Random) -> dict[str, str]:
+        """One recorded trial of ``cand`` (its seed drawn by ``rng``): the table row, curve included."""
         try:
             options = self.rows[arch_key(cand)]
         except KeyError:
             raise LookupError(f"proposal outside the table (a bug): {cand.architecture}") from None
-        return as_result(rng.choice(options))
+        return rng.choice(options)
+
+    def result(self, cand, rng: random.Random) -> dict[str, Any]:
+        return as_result(self.row(cand, rng))
 
     def mean_results(self) -> list[dict[str, Any]]:
         """One result per candidate with its seeds' mean metrics (the table's ceiling)."""
