@@ -30,6 +30,7 @@ from .backbone_spec import BackboneSpec
 from .budget import Budget, Count
 from .files import bundled, find_named
 from .registry import Registry
+from .rungs import Scheduler
 from .space import Scalar, SearchSpace, SpaceError, load_space
 from .yamlio import YamlError, compose_yaml, error_line, first_error, format_validation, where
 
@@ -123,7 +124,7 @@ class JobSpec(BaseModel):
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     objectives: list[str | dict[str, Any]] = Field(default_factory=list)  # empty: DEFAULT_OBJECTIVES
     scalarization: dict[str, Any] | None = None  # Scalarization fields (weights for one reward)
-    trials: Count = Field(20, ge=1, le=100_000)  # finished trials (completed or failed) to run
+    trials: Count = Field(20, ge=1, le=100_000)  # finished trials (completed, stopped or failed) to run
     concurrency: Count = Field(2, ge=1, le=4096)  # trials in flight at once
     resources: Resources = Field(default_factory=Resources)  # per trial
     seed: Count = Field(0, ge=0, le=2**32 - 1)  # seeds the strategy and every trial's training (numpy's seed range)
@@ -131,6 +132,15 @@ class JobSpec(BaseModel):
     ray_address: str | None = None  # None: start Ray locally; "auto" or host:port joins a cluster
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else SQLite in the workspace
     library: JobLibrary | None = None  # a component library (overrides the space's library: key)
+    scheduler: Scheduler | None = None  # early stopping at rungs (promptsearch.rungs); None: every trial trains fully
+    front_repeats: Count = Field(0, ge=0, le=20)  # extra seeds each final front trial is re-run with (mean ± sd)
+
+    @model_validator(mode="after")
+    def _rungs_in_budget(self) -> JobSpec:
+        if self.scheduler is not None and not self.scheduler.active(self.budget.epochs):
+            raise ValueError(f"@scheduler.rungs: {self.scheduler.rungs} has no rung below budget.epochs="
+                             f"{self.budget.epochs}, so no trial could stop early: set rungs below it, or drop scheduler")
+        return self
 
     @field_validator("name")
     @classmethod

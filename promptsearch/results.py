@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Status = Literal["completed", "failed", "preempted"]
+Status = Literal["completed", "failed", "preempted", "stopped"]  # stopped: early, at a rung (promptsearch.rungs)
 
 
 def is_finite(value: Any) -> bool:
@@ -40,6 +40,12 @@ class TrialResult(BaseModel):
     steps: int = 0
     wall_time_s: float = 0.0
     seed: int = 0
+    image_passes: int = 0  # training images seen (epochs trained x training images): the job's cost accounting
+    rung: int | None = None  # stopped: the rung (epoch) it was stopped at; its metrics are that epoch's
+
+    @property
+    def stopped(self) -> bool:
+        return self.status == "stopped"
 
     @property
     def ok(self) -> bool:

@@ -23,12 +23,14 @@ the same after a resume, and a benchmark replays them without Ray.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .budget import Count
+
+if TYPE_CHECKING:  # numpy is imported where a rung is ranked: job files validate without it
+    import numpy as np
 
 
 class Scheduler(BaseModel):
@@ -58,6 +60,7 @@ class Scheduler(BaseModel):
 def order(points: np.ndarray, scheduler: Scheduler, weights: np.ndarray | None = None) -> np.ndarray:
     """Indices of ``points`` ``(n, m)`` (normalised, maximised) best first under the scheduler's ranking."""
     import moocore
+    import numpy as np
 
     points = np.asarray(points, dtype=float).reshape(len(points), -1)
     n, m = points.shape
@@ -78,6 +81,8 @@ def order(points: np.ndarray, scheduler: Scheduler, weights: np.ndarray | None =
 
 def _tie_values(points: np.ndarray, how: str) -> np.ndarray:
     """(k,) larger = better among points of one non-dominated level."""
+    import numpy as np
+
     if how == "hv":
         import moocore
 
@@ -92,6 +97,8 @@ def promote(recorded: Sequence[Sequence[float]], point: Sequence[float], schedul
     """Whether a trial whose (normalised) vector at a rung is ``point`` continues, given the
     vectors ``recorded`` earlier at that rung: it does when at most ``len(recorded) / eta`` of them
     rank above it (the multi-objective form of ASHA's "at least the (1 - 1/eta) quantile")."""
+    import numpy as np
+
     if not len(recorded):
         return True
     pts = np.vstack([np.asarray(recorded, dtype=float), np.asarray(point, dtype=float)[None, :]])  # (n+1, m)

@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from .metrics import clean_metrics  # noqa: E402
 
-TERMINAL = {"completed": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "cancelled": "KILLED"}
+TERMINAL = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "cancelled": "KILLED"}
 
 
 def experiment_name(space_name: str, space_hash: str) -> str:
@@ -163,10 +163,14 @@ class Tracker:
         now = int(time.time() * 1000)
         metrics = _finite(record.get("metrics") or {})
         metrics.update({f"test_{k}": v for k, v in _finite(record.get("test_metrics") or {}).items()})
-        for key in ("wall_time_s", "cpu_time_s"):
+        for key in ("wall_time_s", "cpu_time_s", "image_passes", "epochs"):
             if record.get(key) is not None:
                 metrics[key] = float(record[key])
         tags = {"status": record["status"], "node_id": record.get("node_id") or ""}
+        if record.get("rung") is not None:  # stopped early by the job's scheduler, at this epoch
+            tags["rung"] = str(record["rung"])
+        if record.get("repeat_of"):  # a re-evaluation of a front trial with another seed
+            tags["repeat_of"] = str(record["repeat_of"])
         if record.get("reason"):
             tags["failure_reason"] = str(record["reason"])[:5000]
         self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],

@@ -22,8 +22,9 @@ import json
 import math
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,29 +134,42 @@ def train_model(model: PromptedModel, data: Dataset, budget: Budget, seed: int,
     return history, steps
 
 
+RungCallback = Callable[[int, dict[str, float], TrialResult], None]
+
+
 def run_trial(candidate: Candidate, data: Dataset, backbone: BackboneSpec | Backbone, budget: Budget | None = None,
               seed: int = 0, on_epoch: EpochCallback | None = None, weights_out: str | Path | None = None,
-              library_versions: str | Path | None = None, library_version: str | None = None) -> TrialResult:
+              library_versions: str | Path | None = None, library_version: str | None = None,
+              rungs: Sequence[int] = (), on_rung: RungCallback | None = None) -> TrialResult:
     """Train and evaluate one candidate; never raises for the candidate's own failures.
-    ``library_versions``/``library_version``: weight sharing (see the module docstring)."""
+    ``library_versions``/``library_version``: weight sharing (see the module docstring).
+
+    ``rungs`` (epochs below ``budget.epochs``) with ``on_rung``: at each rung epoch the trial is
+    evaluated as if it ended there — a ``stopped`` result with that epoch's validation metrics, its
+    costs, its test metrics, and its weights written to ``weights_out`` — and ``on_rung(epoch, row,
+    result)`` is called instead of ``on_epoch``; the caller (the search job's scheduler) decides
+    whether training goes on. The final result is the full budget's, as without rungs."""
     budget = budget or Budget()
     t0 = time.perf_counter()
     history: list[dict[str, float]] = []  # filled once training ends: a failed result keeps it
     with torch_threads(budget.threads):
         try:
             return _train_and_evaluate(candidate, data, backbone, budget, seed, on_epoch, weights_out, t0, history,
-                                       library_versions, library_version)
+                                       library_versions, library_version, rungs, on_rung)
         except (TrialFailed, IncompatibleCandidate) as e:
             reason = f"{type(e).__name__}: {e}"
         except Exception as e:  # a trial must never take its caller down
             reason = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
-    return TrialResult.failed(candidate, reason, history=history, epochs=len(history), wall_time_s=time.perf_counter() - t0, seed=seed)
+    n_train = len(data.train.subset(budget.max_train_samples, seed)) if history else 0
+    return TrialResult.failed(candidate, reason, history=history, epochs=len(history), wall_time_s=time.perf_counter() - t0,
+                              seed=seed, image_passes=len(history) * n_train)
 
 
 def _train_and_evaluate(candidate: Candidate, data: Dataset, backbone: BackboneSpec | Backbone, budget: Budget,
                         seed: int, on_epoch: EpochCallback | None, weights_out: str | Path | None, t0: float,
                         history: list[dict[str, float]], library_versions: str | Path | None = None,
-                        library_version: str | None = None) -> TrialResult:
+                        library_version: str | None = None, rungs: Sequence[int] = (),
+                        on_rung: RungCallback | None = None) -> TrialResult:
     torch.manual_seed(seed)  # prompt and head initialisation (and a random-init backbone's, as load_exported redoes)
     built = backbone if isinstance(backbone, Backbone) else build_backbone(backbone)
     lib = trial_library(candidate, backbone, built.image_size, library_versions, library_version)  # draws nothing
@@ -164,8 +178,31 @@ def _train_and_evaluate(candidate: Candidate, data: Dataset, backbone: BackboneS
                                  library=lib.blocks if lib is not None else None).to(device)
     train = data.train.subset(budget.max_train_samples, seed)
     val = data.val.subset(budget.max_eval_samples, 0)
-    rows, steps = train_model(model, data, budget, seed, on_epoch, train, val)
+    stops = {int(r) for r in rungs if 1 <= int(r) < budget.epochs} if on_rung is not None else set()
+    seen: list[dict[str, float]] = []  # the rows so far (train_model returns them at the end)
+
+    def epoch_hook(epoch: int, row: dict[str, float]) -> None:
+        seen.append(row)
+        if epoch not in stops:
+            if on_epoch is not None:
+                on_epoch(epoch, row)
+            return
+        steps = epoch * math.ceil(len(train) / budget.batch_size)
+        result = _result(model, candidate, data, budget, seed, list(seen), steps, len(train), lib, weights_out, t0,
+                         rung=epoch)
+        on_rung(epoch, row, result)
+
+    rows, steps = train_model(model, data, budget, seed, epoch_hook if (on_epoch or stops) else None, train, val)
     history.extend(rows)
+    return _result(model, candidate, data, budget, seed, history, steps, len(train), lib, weights_out, t0)
+
+
+def _result(model: PromptedModel, candidate: Candidate, data: Dataset, budget: Budget, seed: int,
+            history: list[dict[str, float]], steps: int, n_train: int, lib: Any, weights_out: str | Path | None,
+            t0: float, rung: int | None = None) -> TrialResult:
+    """The trial's result after ``history`` (its last row's validation metrics, its costs, the test
+    split, the weights written): ``completed``, or ``stopped`` at ``rung`` (no library write-back:
+    a stopped trial's blocks are not the full budget's)."""
     final = {k.removeprefix("val_"): v for k, v in history[-1].items() if k.startswith("val_")}
     final.update({k: float(v) for k, v in model.cost().items()})
     # the stored size of what an export writes (prompts.safetensors, same metadata): the prompt_bytes objective
@@ -178,9 +215,10 @@ def _train_and_evaluate(candidate: Candidate, data: Dataset, backbone: BackboneS
     meta = None
     if lib is not None:
         record = lib.record()
-        written = write_back(model, lib, {"candidate": candidate.key, "seed": seed}, final)
-        if written is not None:
-            record["wrote"] = written
+        if rung is None:
+            written = write_back(model, lib, {"candidate": candidate.key, "seed": seed}, final)
+            if written is not None:
+                record["wrote"] = written
         meta = {"library": json.dumps(record, sort_keys=True)}
     if weights_out is not None:
         from safetensors.torch import save_file
@@ -188,6 +226,7 @@ def _train_and_evaluate(candidate: Candidate, data: Dataset, backbone: BackboneS
         Path(weights_out).parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()},
                   str(weights_out), metadata=meta)
-    return TrialResult(candidate=candidate.to_json(), status="completed", metrics=final, test_metrics=test,
-                       history=history, epochs=len(history), steps=steps,
-                       wall_time_s=time.perf_counter() - t0, seed=seed)
+    return TrialResult(candidate=candidate.to_json(), status="stopped" if rung else "completed", metrics=final,
+                       test_metrics=test, history=list(history), epochs=len(history), steps=steps,
+                       wall_time_s=time.perf_counter() - t0, seed=seed, image_passes=len(history) * n_train,
+                       rung=rung)

@@ -117,7 +117,7 @@ def test_submit_status_cancel_of_a_queued_job(tmp_path, data_root, mobilenet_wei
     assert Path(record["spec"]["data_root"]).is_absolute()
     s = job_status(ws, job_id)
     assert s["status"] == "queued" and not s["interrupted"]
-    assert s["trials"] == {"requested": 6, "finished": 0, "completed": 0, "failed": 0, "preempted": 0, "running": 0}
+    assert s["trials"] == {"requested": 6, "finished": 0, "completed": 0, "failed": 0, "stopped": 0, "preempted": 0, "running": 0}
     assert [j["job_id"] for j in list_jobs(ws)] == [job_id] and job_trials(ws, job_id) == []
     assert ws.resolve(job_id[:-3]) == job_id  # a unique prefix
     with pytest.raises(JobError, match="no job 'nope'"):

@@ -30,7 +30,8 @@ def trial_payload(loop: SearchLoop) -> dict[str, Any]:
     budget["threads"] = budget["threads"] or max(1, int(loop.spec.resources.cpu))  # one thread per reserved CPU
     return {"job_id": loop.job_id, "space": loop.job["space"], "dataset": loop.spec.dataset,
             "data_root": loop.spec.data_root, "backbone": loop.spec.backbone.to_json(), "budget": budget,
-            "weights_dir": str(loop.dir / "weights"), "faults": parse_faults()}
+            "weights_dir": str(loop.dir / "weights"), "faults": parse_faults(),
+            "rungs": loop.spec.scheduler.active(loop.spec.budget.epochs) if loop.spec.scheduler else []}
 
 
 def _check_nodes(loop: SearchLoop, nodes: list[dict[str, Any]]) -> None:
@@ -50,7 +51,7 @@ def fit(loop: SearchLoop, address: str | None) -> None:
     from ray import tune
 
     from .trainable import train_trial
-    from .tune_adapter import ErrorReasons, JobStopper, StrategySearcher, trial_dirname
+    from .tune_adapter import ErrorReasons, JobStopper, RungScheduler, StrategySearcher, trial_dirname
 
     if loop.should_stop(now=True):
         return
@@ -67,7 +68,8 @@ def fit(loop: SearchLoop, address: str | None) -> None:
         searcher = StrategySearcher(loop)
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(train_trial, job=trial_payload(loop)), loop.spec.resources.ray()),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,  # the loop says when it has enough
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=RungScheduler(searcher),
+                                        num_samples=-1,  # the loop says when it has enough
                                         max_concurrent_trials=loop.spec.concurrency,
                                         reuse_actors=True,  # one worker process per slot runs many trials
                                         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),

@@ -57,6 +57,7 @@ class TrialJob(BaseModel):
     budget: dict[str, Any]  # Budget fields
     weights_dir: str  # <workspace>/jobs/<job>/weights
     faults: dict[str, str] = Field(default_factory=dict)  # trial_id -> "raise" | "exit" (tests only)
+    rungs: list[int] = Field(default_factory=list)  # epochs at which the job's scheduler may stop a trial
 
 
 def _cached(key: tuple, make):
@@ -118,8 +119,16 @@ def train_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     weights = os.path.join(spec.weights_dir, f"{trial_id}.safetensors")
     budget = Budget(**spec.budget)
     cpu0 = time.process_time()
+
+    def on_rung(epoch: int, row: dict[str, float], result) -> None:
+        # the trial as if it ended here (weights written): if the scheduler stops it, Tune hands this
+        # last report to the searcher's on_trial_complete, and the loop records it stopped
+        node["threads"] = torch.get_num_threads()
+        tune.report({**row, "history_row": json.dumps(row), "rung_result": json.dumps(result.model_dump()),
+                     "weights": weights, "cpu_time_s": time.process_time() - cpu0, **node})
+
     result = run_trial(candidate, data, backbone, budget, seed=int(config["seed"]), on_epoch=on_epoch,
-                       weights_out=weights)
+                       weights_out=weights, rungs=spec.rungs, on_rung=on_rung)
     saved = weights if result.status == "completed" and os.path.exists(weights) else ""
     tune.report({"trial_result": json.dumps(result.model_dump()),  # json keeps NaN; pydantic would null it
                  "weights": saved, "cpu_time_s": time.process_time() - cpu0, **node})

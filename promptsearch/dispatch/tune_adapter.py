@@ -2,11 +2,17 @@
 
     python -c "from promptsearch.dispatch.tune_adapter import StrategySearcher; help(StrategySearcher)"
 
-Like Ray's ``OptunaSearch``: ``suggest`` -> ``loop.ask`` (-> ``strategy.ask()``), ``on_trial_result``
--> ``loop.epoch``, ``on_trial_complete`` -> ``loop.tell`` (-> ``strategy.tell()``; an errored trial
-is told with Ray's error text: failed when the trial raised, preempted and re-run when its worker
-process died). Two hooks complete it: a Stopper that stops every trial when the job is cancelled
-or fails too often, and a Callback that hands Ray's error text of an errored trial over. Strategies and the loop never see Ray: this package is where Ray lives.
+Like Ray's ``OptunaSearch``: ``suggest`` -> ``loop.ask`` (-> ``strategy.ask()``), ``on_trial_complete``
+-> ``loop.tell`` (-> ``strategy.tell()``; an errored trial is told with Ray's error text: failed when
+the trial raised, preempted and re-run when its worker process died). Every epoch's report goes
+through the TrialScheduler hook (:class:`RungScheduler`) -> ``loop.epoch``, which records it and, at
+a rung of the job's scheduler, decides whether the trial goes on (MO-ASHA, :mod:`promptsearch.rungs`):
+the decision is the loop's — logged in the job's event log, so it survives a kill -9 and every
+strategy gets the same rule — and the scheduler only tells Tune to STOP. A stopped trial's last
+report carries its result at the rung, which ``on_trial_complete`` tells. Two more hooks: a
+Stopper that stops every trial when the job is cancelled or fails too often, and a Callback that
+hands Ray's error text of an errored trial over. Strategies and the loop never see Ray: this
+package is where Ray lives.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback, Stopper
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from ..results import TrialResult
@@ -48,10 +55,13 @@ class StrategySearcher(Searcher):
         self.trials[trial_id] = config["trial_id"]
         return config
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if "history_row" in result and trial_id in self.trials:
-            self.nodes[trial_id] = node_info(result)
-            self.loop.epoch(self.trials[trial_id], json.loads(result["history_row"]), self.nodes[trial_id])
+    def epoch(self, trial_id: str, result: dict) -> bool:
+        """One report of a running trial (from :class:`RungScheduler`): whether it goes on."""
+        if "history_row" not in result or trial_id not in self.trials:
+            return True
+        self.nodes[trial_id] = node_info(result)
+        rung = TrialResult.model_validate(json.loads(result["rung_result"])) if result.get("rung_result") else None
+        return self.loop.epoch(self.trials[trial_id], json.loads(result["history_row"]), self.nodes[trial_id], rung)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ours = self.trials.get(trial_id)
@@ -61,7 +71,8 @@ class StrategySearcher(Searcher):
             self.errored.append(trial_id)  # told by trial_error (or flush_errors)
             return
         result = result or {}
-        res = TrialResult.model_validate(json.loads(result["trial_result"])) if "trial_result" in result else None
+        text = result.get("trial_result") or result.get("rung_result")  # the end, or the rung it was stopped at
+        res = TrialResult.model_validate(json.loads(text)) if text else None
         self.loop.tell(ours, res, node=node_info(result), weights=result.get("weights") or None)
 
     def trial_error(self, trial_id: str, text: str) -> None:
@@ -93,6 +104,23 @@ def node_info(result: dict) -> dict[str, Any]:
     """Where a trial ran (the trainable reports ``node_id``, ``threads`` and ``cpu_time_s``; Tune
     adds ``node_ip``, ``pid``)."""
     return {k: result.get(k) for k in ("node_id", "node_ip", "pid", "cpu_time_s", "threads")}
+
+
+class RungScheduler(FIFOScheduler):
+    """Tune's TrialScheduler hook, first to see every report: hands it to the loop (via the
+    searcher), which records the epoch and, at a rung, says whether the trial goes on. FIFO
+    otherwise: no trial is paused or reordered."""
+
+    def __init__(self, searcher: StrategySearcher):
+        super().__init__()
+        self.searcher = searcher
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "searcher": None}
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        go = self.searcher.epoch(trial.trial_id, result)
+        return TrialScheduler.CONTINUE if go else TrialScheduler.STOP
 
 
 class JobStopper(Stopper):

@@ -33,7 +33,8 @@ def write_bundle(out: str | Path, *, space: SearchSpace, genome: Sequence[int], 
                  dataset: Mapping[str, Any] | None = None, budget: Mapping[str, Any] | None = None, seed: int = 0,
                  objectives: Sequence[Mapping[str, Any]] = (), origin: Mapping[str, Any] | None = None,
                  zip_path: str | Path | None = None, library: Mapping[str, Any] | None = None,
-                 compress: str = "none", data: Any = None, examples: int = 0) -> Path:
+                 compress: str = "none", data: Any = None, examples: int = 0,
+                 repeats: Mapping[str, Any] | None = None) -> Path:
     """Write a bundle folder ``out`` (and a zip of it at ``zip_path``); return the folder.
 
     ``weights``: the trial's saved prompt+head safetensors file, or the ``trainable_state_dict()``.
@@ -45,6 +46,9 @@ def write_bundle(out: str | Path, *, space: SearchSpace, genome: Sequence[int], 
     the trial used (CPU, one thread), next to the uncompressed weights (``config.compression``).
     ``examples``: explanation maps of that many validation images of ``data`` (``examples/``,
     ``config.examples``), from the model as loaded from the bundle.
+    ``repeats``: the trial's re-evaluation over several seeds (``front_repeats``: n, seeds, trials,
+    validation mean and sd), kept in ``config.repeats`` and the model card; the weights are the
+    first seed's.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -78,6 +82,7 @@ def write_bundle(out: str | Path, *, space: SearchSpace, genome: Sequence[int], 
         prompts={"file": WEIGHTS_FILE, "tensors": {k: list(v.shape) for k, v in state.items()},
                  "params": int(sum(v.numel() for v in state.values()))},
         library=dict(library) if library else None,
+        repeats=dict(repeats) if repeats else None,
     )
     # refuse a bundle that would not load: the weights must fit the architecture
     _check_state(cfg, state)

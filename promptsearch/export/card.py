@@ -67,6 +67,19 @@ def _examples_section(cfg: BundleConfig) -> str:
             f"{rows}\n\n")
 
 
+def _repeats_section(cfg: BundleConfig) -> str:
+    """The seeds' mean ± sd (front_repeats): how much of the validation figure is the seed's luck."""
+    r = cfg.repeats
+    if not r:
+        return ""
+    keys = [k for k in ("auc", "accuracy", "balanced_accuracy", "worst_class_recall") if k in r.get("mean", {})]
+    rows = "\n".join(f"| {k} | {_fmt(r['mean'][k])} ± {_fmt(r['sd'][k])} |" for k in keys)
+    return (f"## Seed re-evaluation\n\nThe search re-trained this configuration with {r['n']} seeds "
+            f"({', '.join(str(s) for s in r['seeds'])}; trials {', '.join(r['trials'])}) and ranked it by the mean. "
+            f"Validation mean ± sd over the seeds (the weights here are seed {r['seeds'][0]}'s):\n\n"
+            f"| metric | mean ± sd |\n|---|---|\n{rows}\n\n")
+
+
 def model_card(cfg: BundleConfig) -> str:
     """``MODEL_CARD.md``: purpose, metrics, intended use and limits, in plain words."""
     val, test = cfg.metrics.get("validation", {}), cfg.metrics.get("test", {})
@@ -115,7 +128,7 @@ Seed {cfg.recipe.get('seed')}; {budget.get('epochs')} epoch(s), batch {budget.ge
 {cfg.recipe.get('optimizer', '')}. Inputs: {cfg.input.channels}-channel images of
 {cfg.input.size or 'any'} px, scaled to [0, 1]; the model resizes them to {cfg.backbone.image_size or 'the backbone default'} px.
 
-{_compression_section(cfg)}{_examples_section(cfg)}{_library_section(cfg)}## Backbone weights (not included)
+{_repeats_section(cfg)}{_compression_section(cfg)}{_examples_section(cfg)}{_library_section(cfg)}## Backbone weights (not included)
 
 `{cfg.backbone.name}`: {cfg.backbone.obtain}.
 {f"Expected sha256: `{cfg.backbone.weights_sha256}`." if cfg.backbone.weights_sha256 else ""}

@@ -83,6 +83,7 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
     from ..jobs import JobError, JobSpec
     from ..objectives import ObjectiveError
     from ..objectives import pick as pick_trial
+    from ..search.records import ranked
     from ..search.workspace import as_workspace
 
     try:
@@ -107,11 +108,12 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
         if not hits:
             raise UnknownTrial(f"job {job_id} has no trial {wanted!r}")
         trial = hits[0]
-        if trial["status"] != "completed":
+        if trial["status"] not in ("completed", "stopped"):  # a stopped trial: its weights at its rung
             raise NothingToExport(f"trial {wanted} of job {job_id} is {trial['status']}, not completed: nothing to export")
     else:
-        try:
-            trial = trials[pick_trial(trials, objectives, pick)]
+        front_stopped = bool(spec.scheduler and spec.scheduler.front_includes_stopped)
+        try:  # over the trials that may be on the front, ranked by their seeds' mean where re-evaluated
+            trial = trials[pick_trial(ranked(trials, front_stopped), objectives, pick)]
         except ObjectiveError as e:
             raise ExportError(f"job {job_id}: {e}") from None
     weights = trial.get("weights")
@@ -128,7 +130,7 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
         meta, examples = _dataset_meta(spec.dataset, spec.data_root), 0
     clean = lambda m: {k: v for k, v in (m or {}).items() if v is not None}  # noqa: E731
     origin = {"job_id": job_id, "trial_id": trial["trial_id"], "pick": pick, "strategy": spec.strategy,
-              "status": trial["status"], "epochs": len(trial.get("history") or []),
+              "status": trial["status"], "epochs": len(trial.get("history") or []), "rung": trial.get("rung"),
               "wall_time_s": trial.get("wall_time_s"), "mlflow_run_id": trial.get("mlflow_run_id")}
     folder = write_bundle(out, space=space, genome=trial["candidate"]["genome"], weights=weights,
                           backbone=spec.backbone, task=meta["task"], classes=meta["classes"],
@@ -136,7 +138,7 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
                           test_metrics=clean(trial.get("test_metrics")), dataset=meta["record"],
                           budget=spec.budget.model_dump(mode="json"), seed=int(trial.get("seed", spec.seed)),
                           objectives=[o.model_dump(mode="json") for o in objectives], origin=origin, zip_path=zip_path,
-                          compress=compress, data=meta.get("data"), examples=examples)
+                          compress=compress, data=meta.get("data"), examples=examples, repeats=trial.get("repeats"))
     info = {"trial_id": trial["trial_id"], "job_id": job_id, "pick": pick, "folder": str(folder),
             "zip": str(zip_path) if zip_path else None, "architecture": trial["candidate"]["architecture"],
             "metrics": clean(trial["metrics"])}

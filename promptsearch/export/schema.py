@@ -89,6 +89,9 @@ class BundleConfig(BaseModel):
     # example explanations of a few validation images (files under examples/): one record each,
     # {split, index, true_label, prediction, label, probabilities, input, maps: {name: file}[, pixel_prompt]}
     examples: list[dict[str, Any]] = Field(default_factory=list)
+    # the front's re-evaluation (job front_repeats): {n, seeds, trials, mean: {...}, sd: {...}} of the
+    # validation metrics over every seed; the bundle's weights are those of seeds[0]. None: one seed.
+    repeats: dict[str, Any] | None = None
 
     @property
     def num_outputs(self) -> int:

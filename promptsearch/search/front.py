@@ -8,6 +8,9 @@ O(k·m)); a dominated trial is never looked at again. The hypervolume
 is recomputed only when the front changed, and only over the front — the points a dominated
 trial would add are inside it already, so the value equals the hypervolume of every trial.
 
+A trial re-evaluated over several seeds (``front_repeats``) is ranked by its mean; a stopped trial
+takes part only when the job asks (``scheduler.front_includes_stopped``).
+
 Dominance is the one :func:`promptsearch.objectives.pareto_front` uses (raw values, each
 objective's direction; equal points are both on the front), so ``Front`` and a from-scratch
 ``pareto_front`` always agree (``tests/test_state.py`` checks it on random data with ties).
@@ -22,13 +25,15 @@ import moocore
 import numpy as np
 
 from ..objectives import DEFAULT_OBJECTIVES, Objective, hypervolume, objective_row
+from .records import effective_metrics, front_status
 
 
 class Front:
     """The non-dominated usable trials of a job (records as ``job_trials`` returns them)."""
 
-    def __init__(self, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES):
+    def __init__(self, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES, include_stopped: bool = False):
         self.objectives = tuple(objectives)
+        self.include_stopped = include_stopped  # the job's scheduler.front_includes_stopped
         self._sign = np.array([1.0 if o.maximise else -1.0 for o in self.objectives])  # max-form
         self._ids: list[str] = []
         self._rows = np.zeros((0, len(self.objectives)))  # (k, m) raw values
@@ -47,7 +52,7 @@ class Front:
         """Offer one finished trial; True when it joined the front (which then changed).
         ``recompute=False`` defers the hypervolume to :meth:`refresh` (a batch of adds)."""
         self._flush()
-        row = objective_row(record, self.objectives)  # (m,) raw, None: failed or unusable
+        row = self.row(record)  # (m,) raw, None: failed or unusable
         if row is None:
             return False
         p = row * self._sign
@@ -77,13 +82,21 @@ class Front:
     def offer(self, record: Mapping[str, Any]) -> None:
         """Offer a trial to be sorted in later, in a batch (a resume replaying thousands): one
         vectorised non-dominance pass (moocore) per ``BATCH`` offers instead of one per trial."""
-        row = objective_row(record, self.objectives)
+        row = self.row(record)
         if row is not None:
             self._pending.append((record, row))
             if len(self._pending) >= self.BATCH:
                 self._flush()
 
     BATCH = 2048
+
+    def row(self, record: Mapping[str, Any]) -> np.ndarray | None:
+        """A trial's raw objective values ``(m,)`` as the front ranks them (its seeds' mean once
+        re-evaluated), or None when it may not be on the front (failed, unusable, stopped unless
+        the job asks, a re-evaluation trial)."""
+        if not front_status(record, self.include_stopped):
+            return None
+        return objective_row({"status": "completed", "metrics": effective_metrics(record)}, self.objectives)
 
     def _flush(self) -> None:
         if not self._pending:

@@ -70,11 +70,14 @@ class SearchLoop:
             raise JobError(f"job {job_id}: stored space hash {self.job['space_hash']} != {self.space.hash}")
         self.objectives = self.spec.objective_list
         self.static = static_info(self.job)
-        self.front = Front(self.objectives)
+        self.front = Front(self.objectives, include_stopped=self.static["front_stopped"])
         t0 = time.perf_counter()
         self.writer = JobWriter(store, self.static)
         self.view = self.writer.open(front=self.front, history=True)  # running trials only, counts, front
         history, self.view.history = self.view.history or [], None
+        if (self.view.job.get("repeats") or {}).get("done"):  # the front is ranked by its seeds' means
+            self.front = Front(self.objectives, include_stopped=self.static["front_stopped"])
+            self.front.extend(store.read_full().trials.values())
         self.degraded: str | None = None  # why the strategy could not be restored exactly
         self.strategy = self._restore_strategy(store, history)
         self.restore_s = time.perf_counter() - t0
@@ -196,7 +199,7 @@ class SearchLoop:
         self._snapshot()
         error: BaseException | None = None
         try:
-            if self.finished < self.spec.trials and self.failed < self.spec.failure_limit:
+            if (self.finished < self.spec.trials or self._repeats_pending()) and self.failed < self.spec.failure_limit:
                 with self._interruptible():
                     fit(self, address)
         except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
@@ -278,7 +281,7 @@ class SearchLoop:
         if self.finished >= self.spec.trials and self.failed == self.finished:
             status = "failed"  # nothing to show for it: no front, nothing to export
             message = f"all {self.failed} trials failed; last failure: {last}"
-        elif self.finished >= self.spec.trials:
+        elif self.finished >= self.spec.trials and not self._repeats_pending():
             status, message = "completed", None
         elif self.stop_reason == "failed" or self.failed >= self.spec.failure_limit:
             status = "failed"
@@ -330,7 +333,7 @@ class SearchLoop:
         """Whether a :data:`FINISHED` from :meth:`ask` means "not now": the job is not stopping and
         is short of its trials, so a trial in flight that is preempted (its worker died) will be
         re-run — the dispatcher asks again later instead of finishing."""
-        return not self.should_stop() and self.finished < self.spec.trials
+        return not self.should_stop() and (self.finished < self.spec.trials or self._repeats_pending())
 
     def _stop_text(self) -> str:
         return {"cancelled": "job cancelled", "interrupted": "job interrupted",
@@ -342,17 +345,24 @@ class SearchLoop:
         from ..space import Candidate
 
         view = self.view
-        if self.should_stop() or self.finished + view.counts["running"] >= self.spec.trials:
+        if self.should_stop():
             return FINISHED
+        if self.finished + self._main_running >= self.spec.trials:
+            return self._ask_repeat(tune_trial_id)
         if view.requeue:
             item = view.requeue[0]
             candidate, requeued_from = Candidate.from_json(self.space, item["candidate"]), item["from"]
         else:
             candidate, requeued_from = self.strategy.ask(), None
-        record = TrialRecord(trial_id=f"t{view.next_index:04d}", index=view.next_index, candidate=candidate.to_json(),
-                             seed=self.spec.seed, attempt=self.attempt, requeued_from=requeued_from,
-                             tune_trial_id=tune_trial_id).model_dump(mode="json")
-        config = {"trial_id": record["trial_id"], "genome": list(candidate.genome), "seed": record["seed"]}
+        return self._start(candidate.to_json(), self.spec.seed, tune_trial_id, requeued_from=requeued_from)
+
+    def _start(self, candidate: dict[str, Any], seed: int, tune_trial_id: str | None, **fields: Any) -> dict[str, Any]:
+        """Record a new trial (an ask event, an MLflow run) and return its Tune config."""
+        view = self.view
+        record = TrialRecord(trial_id=f"t{view.next_index:04d}", index=view.next_index, candidate=candidate,
+                             seed=seed, attempt=self.attempt, tune_trial_id=tune_trial_id,
+                             **fields).model_dump(mode="json")
+        config = {"trial_id": record["trial_id"], "genome": list(candidate["genome"]), "seed": record["seed"]}
         m = view.job["mlflow"]
         if self.tracker is not None:
             trial_config = {**config, "job_id": self.job_id, "candidate": record["candidate"],
@@ -364,14 +374,98 @@ class SearchLoop:
         self._emit("ask", trial=compact_record(record))
         return config
 
-    def epoch(self, trial_id: str, row: dict[str, float], node: dict[str, Any]) -> None:
-        """One epoch's validation metrics of a running trial."""
+    # --- re-evaluating the front with more seeds (front_repeats) ------------------------------------------
+    @property
+    def _main_running(self) -> int:
+        return self.view.counts["running"] - self.view.repeats_running
+
+    def _repeats_pending(self) -> bool:
+        """Whether the job's front re-evaluation is still to run (or to fold in)."""
+        rep = self.view.job.get("repeats")
+        return bool(self.spec.front_repeats) and not (rep or {}).get("done")
+
+    def _ask_repeat(self, tune_trial_id: str | None) -> dict[str, Any] | None:
+        """Once the search's trials are done: the next re-evaluation trial (a completed front
+        trial with one more seed), else :data:`FINISHED`. The plan is fixed, in the job's record,
+        when the last search trial ends, so a resume runs the same re-evaluations."""
+        if not self._repeats_pending() or self._main_running or self.finished < self.spec.trials:
+            return FINISHED
+        rep = self.view.job.get("repeats")
+        if rep is None:
+            members = self.front.records()
+            plan = [[r["trial_id"], self.spec.seed + i] for r in members if r["status"] == "completed"
+                    for i in range(1, self.spec.front_repeats + 1)]
+            self._set(repeats={"k": self.spec.front_repeats, "plan": plan, "done": False,
+                               "front_before": [r["trial_id"] for r in members],
+                               "candidates": {r["trial_id"]: r["candidate"] for r in members}})
+            rep = self.view.job["repeats"]
+        for trial_id, seed in rep["plan"]:
+            if (trial_id, seed) not in self.view.repeat_trials:
+                return self._start(rep["candidates"][trial_id], seed, tune_trial_id, repeat_of=trial_id)
+        self._repeats_progress()
+        return FINISHED
+
+    def _repeats_progress(self) -> None:
+        """When every planned re-evaluation has ended: each front trial's mean and sd over its
+        seeds (a ``repeats`` event each), the front recomputed on the means (``front.json``), and
+        which trials moved off it (the job's ``repeats``)."""
+        rep = self.view.job.get("repeats")
+        if rep is None or rep.get("done"):
+            return
+        if any(self.view.repeat_trials.get((i, s)) in (None, "running") for i, s in rep["plan"]):
+            return
+        trials = self.writer.store.read_full().trials  # once per job: every record, for the new front
+        summaries = {}
+        for trial_id in dict.fromkeys(i for i, _ in rep["plan"]):
+            t = trials[trial_id]
+            runs = [{"trial_id": trial_id, "seed": t["seed"], "metrics": t["metrics"]},
+                    *self.view.repeat_results.get(trial_id, [])]
+            summaries[trial_id] = t["repeats"] = seed_summary(runs)
+        front = Front(self.objectives, include_stopped=self.static["front_stopped"])
+        front.extend(trials.values())
+        for k, (trial_id, summary) in enumerate(summaries.items()):
+            last = k == len(summaries) - 1
+            self._emit("repeats", id=trial_id, set=summary, **({"front": True, "hv": front.hypervolume} if last else {}))
+        self.front = front
+        if summaries:
+            self.writer.write_front(front, fresh=True)
+        after = [r["trial_id"] for r in front.records()]
+        self._set(repeats={**{k: v for k, v in rep.items() if k != "candidates"}, "done": True, "front_after": after,
+                           "moved_off": [i for i in rep["front_before"] if i not in front]})
+
+    def epoch(self, trial_id: str, row: dict[str, float], node: dict[str, Any],
+              rung_result: TrialResult | None = None) -> bool:
+        """One epoch's validation metrics of a running trial; whether it goes on. At a rung of the
+        job's scheduler (``rung_result``: the trial as if it ended there) the trial is ranked
+        among the vectors recorded at that rung (:func:`promptsearch.rungs.promote`); the decision
+        is logged (a ``rung`` event) before it is acted on."""
         t = self.view.trials.get(trial_id)
         if t is None or t["status"] != "running":
-            return
+            return True
         self._emit("epoch", id=trial_id, row=clean_metrics(row), node=_changed(t, node))
         if t.get("mlflow_run_id"):
             self._track("log_epoch", self.tracker.log_epoch, t["mlflow_run_id"], row)
+        scheduler = self.spec.scheduler
+        if scheduler is None or rung_result is None or rung_result.rung is None or t.get("repeat_of"):
+            return True
+        from ..objectives import normalised_values, objective_row
+        from ..rungs import promote
+
+        raw = objective_row({"status": "completed", "metrics": rung_result.metrics}, self.objectives)
+        if raw is None:  # a non-finite objective at the rung: the trial goes on (and fails or recovers)
+            return True
+        vector = [round(float(x), 9) for x in normalised_values(raw, self.objectives)[0]]
+        rung = int(rung_result.rung)
+        recorded = [v for k, v in self.view.rungs.get(rung, {}).items() if k != trial_id]
+        go = promote(recorded, vector, scheduler, self._weights)
+        self._emit("rung", id=trial_id, rung=rung, v=vector, go=go)
+        return go
+
+    @property
+    def _weights(self):
+        from ..objectives import Scalarization
+
+        return Scalarization(**(self.spec.scalarization or {})).weights(self.objectives)
 
     def tell(self, trial_id: str, result: Any | None, error: str | None = None,
              node: dict[str, Any] | None = None, weights: str | None = None) -> None:
@@ -383,6 +477,8 @@ class SearchLoop:
         t = self.view.trials.get(trial_id)
         if t is None or t["status"] != "running":
             return
+        if result is not None and result.stopped and self.view.stops.get(trial_id) != result.rung:
+            result = None  # a rung's report, but the scheduler did not stop it there: Tune ended it otherwise
         if result is None and self.should_stop():  # stopped (or killed by the same Ctrl-C) as the job stops
             self._preempt(t, self._stop_text(), node)
             return
@@ -398,29 +494,42 @@ class SearchLoop:
             result = TrialResult.failed(t["candidate"], error, history=finite_rows(t["history"]), seed=t["seed"])
         else:
             result = result.checked(o.name for o in self.objectives)
-        self._tell_strategy(t["candidate"]["key"], result)
+        status = result.status if result.status in ("completed", "stopped") else "failed"
         now = time.time()
-        fields: dict[str, Any] = {"status": "completed" if result.status == "completed" else "failed",
+        fields: dict[str, Any] = {"status": status,
                                   "reason": result.reason, "metrics": clean_metrics(result.metrics),
                                   "test_metrics": clean_metrics(result.test_metrics), "finished_at": now,
                                   "wall_time_s": result.wall_time_s or (now - t["started_at"]),
-                                  "weights": weights if (weights and result.status == "completed") else None,
+                                  "weights": weights if (weights and status != "failed") else None,
+                                  "epochs": result.epochs or len(result.history) or None,
+                                  "image_passes": result.image_passes or None,
+                                  **({"rung": result.rung} if status == "stopped" else {}),
                                   **_changed(t, node)}
         if result.history:
             history = [clean_metrics(h) for h in result.history]
             if history != t["history"]:
                 fields["history"] = history
+        if t.get("repeat_of"):  # a re-evaluation of a front trial: not the strategy's, not on the front
+            self._emit("tell", id=trial_id, set=fields, hv=[self.finished, self.front.hypervolume])
+            if record_id := t.get("mlflow_run_id"):
+                self._track("end_trial", self.tracker.end_trial, record_id, {**t, **fields})
+            self._repeats_progress()
+            return
+        self._tell_strategy(t["candidate"]["key"], result)
         record = {**t, **fields}
         finished = self.finished + 1
-        changed = fields["status"] == "completed" and self.front.add(record)
+        changed = fields["status"] != "failed" and self.front.add(record)
         hv = self.front.hypervolume
-        self._emit("tell", id=trial_id, set=fields, hv=[finished, hv], **({"front": True} if changed else {}))
+        passes = result.image_passes
+        full = round(passes * self.spec.budget.epochs / result.epochs) if result.epochs else passes
+        self._emit("tell", id=trial_id, set=fields, hv=[finished, hv], passes=[passes, full],
+                   **({"front": True} if changed else {}))
         self.writer.append_curve([finished, hv, trial_id])
         if changed:
             self.writer.write_front(self.front)
         if record.get("mlflow_run_id"):
             self._track("end_trial", self.tracker.end_trial, record["mlflow_run_id"], record)
-            counts = {"completed": self.finished - self.failed, "failed": self.failed}
+            counts = {k: self.view.counts[k] for k in ("completed", "stopped", "failed")}
             self._track("job_progress", self.tracker.job_progress, self.view.job["mlflow"]["parent_run_id"],
                         self.finished, hv, counts)
         if self.failed >= self.spec.failure_limit and self.finished < self.spec.trials:
@@ -435,6 +544,17 @@ class SearchLoop:
             if not self.degraded:
                 raise
             log.warning("job %s: the restarted strategy cannot learn from %s: %s", self.job_id, key, e)
+
+
+def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample sd of every metric the runs of one candidate (one per seed) all measured."""
+    import statistics
+
+    names = set.intersection(*(set(k for k, v in r["metrics"].items() if isinstance(v, (int, float))) for r in runs))
+    mean = {n: statistics.fmean(r["metrics"][n] for r in runs) for n in sorted(names)}
+    sd = {n: statistics.stdev([r["metrics"][n] for r in runs]) if len(runs) > 1 else 0.0 for n in sorted(names)}
+    return {"n": len(runs), "seeds": [r["seed"] for r in runs], "trials": [r["trial_id"] for r in runs],
+            "mean": mean, "sd": sd}
 
 
 def _changed(t: dict[str, Any], node: dict[str, Any] | None) -> dict[str, Any]:

@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 STATE_VERSION = 1
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled", "interrupted"]  # interrupted: Ctrl-C/SIGTERM
-TrialStatus = Literal["running", "completed", "failed", "preempted"]
+TrialStatus = Literal["running", "completed", "failed", "preempted", "stopped"]  # stopped: early, at a rung
 
 class TrialRecord(BaseModel):
     """One trial as the job records it (``job_trials`` returns these as dicts). Non-finite metric
@@ -36,7 +37,12 @@ class TrialRecord(BaseModel):
     threads: int | None = None  # torch intra-op threads the trial ran with (one per reserved CPU by default)
     tune_trial_id: str | None = None
     mlflow_run_id: str | None = None
-    weights: str | None = None  # safetensors file of prompt + head (completed trials)
+    weights: str | None = None  # safetensors file of prompt + head (completed trials; stopped: at its rung)
+    epochs: int | None = None  # epochs trained (a stopped trial: its rung)
+    rung: int | None = None  # stopped: the rung (epoch) it was stopped at
+    image_passes: int | None = None  # training images seen (epochs x training images)
+    repeat_of: str | None = None  # a re-evaluation (front_repeats) of this trial with another seed
+    repeats: dict[str, Any] | None = None  # front_repeats: {"seeds", "trials", "mean", "sd", "n"} over every seed
     started_at: float = Field(default_factory=time.time)
     finished_at: float | None = None
     wall_time_s: float | None = None
@@ -65,3 +71,26 @@ class JobState(BaseModel):
     mlflow: dict[str, Any] = Field(default_factory=dict)  # tracking_uri, experiment_id, parent_run_id
 
 
+def effective_metrics(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The metrics a trial is ranked by: its own, or the mean over its seeds once the front was
+    re-evaluated (``repeats``)."""
+    metrics = record.get("metrics") or {}
+    rep = record.get("repeats")
+    return {**metrics, **rep["mean"]} if rep and rep.get("mean") else metrics
+
+
+def front_status(record: Mapping[str, Any], front_stopped: bool) -> bool:
+    """Whether a trial's status lets it on the front: completed, or stopped when the job asks (a
+    re-evaluation trial never: it is its original's)."""
+    if record.get("repeat_of"):
+        return False
+    return record.get("status") == "completed" or (front_stopped and record.get("status") == "stopped")
+
+
+def ranked(records: list[Mapping[str, Any]], front_stopped: bool = False) -> list[dict[str, Any]]:
+    """The records as Pareto ranking and picking (the knee, ``best:``) see them, in the same order:
+    a trial that may be on the front as ``completed`` with its effective metrics (its seeds' mean
+    once re-evaluated), every other one (failed, running, stopped unless the job asks, a
+    re-evaluation trial) as not rankable."""
+    return [{**r, "status": "completed", "metrics": dict(effective_metrics(r))} if front_status(r, front_stopped)
+            else {**r, "status": "not-ranked"} for r in records]

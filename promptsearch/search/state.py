@@ -20,8 +20,11 @@ Events (``{"seq": n, "t": unix time, "e": kind, ...}``, ``seq`` counting from 0 
 restored), ``job`` (set top-level fields: status, message, attempts, coordinator, mlflow, times),
 ``ask`` (a trial's whole initial record), ``epoch`` (one history row + where it runs), ``tell``
 (the fields a finished trial sets, and the hypervolume after it), ``preempt`` (an unfinished trial,
-re-queued), ``reason`` (a failure's text arriving late), ``base`` (a format-1 ``state.json``,
-imported whole when an old job is resumed).
+re-queued), ``reason`` (a failure's text arriving late), ``rung`` (a running trial ranked at a rung
+of the job's scheduler: its normalised objective vector and whether it goes on — the decision
+recorded before Tune acts on it, so a resume ranks later trials against the same vectors),
+``repeats`` (a front trial's re-evaluation over extra seeds: mean, sd, seeds), ``base`` (a format-1
+``state.json``, imported whole when an old job is resumed).
 
 Why a log of JSON lines and not SQLite (which the workspace has for MLflow): readers are other
 processes (the API server, ``promptsearch jobs``, the dashboard) that must never block or be
@@ -59,7 +62,7 @@ from typing import Any
 
 from ..files import atomic_write
 from ..jobs import JobError
-from .records import JobState, JobStatus, TrialRecord
+from .records import JobState, JobStatus, TrialRecord, effective_metrics, front_status
 
 log = logging.getLogger("promptsearch.search")
 
@@ -76,7 +79,7 @@ SUMMARY_S = 1.0  # ... or this long
 
 STATUSES = frozenset(typing.get_args(JobStatus))
 JOB_FIELDS = frozenset({"status", "message", "created_at", "started_at", "finished_at", "attempts", "coordinator",
-                        "mlflow"})
+                        "mlflow", "repeats"})  # repeats: the front re-evaluation's plan and outcome
 TRIAL_FIELDS = frozenset(TrialRecord.model_fields) - {"trial_id", "index", "candidate"}
 # A record's defaults (TrialRecord's, in its field order): an ask event leaves out the fields that
 # hold them, and the replay puts them back (fresh containers for each record).
@@ -120,10 +123,13 @@ class EventError(ValueError):
 
 
 # --- the state an event log describes -------------------------------------------------------------
-def _usable(record: Mapping[str, Any], objectives: Sequence[tuple[str, bool]]) -> bool:
-    if record.get("status") != "completed":
+FINISHED = ("completed", "failed", "stopped")  # a trial's ends that count toward the job's trials
+
+
+def _usable(record: Mapping[str, Any], objectives: Sequence[tuple[str, bool]], front_stopped: bool = False) -> bool:
+    if not front_status(record, front_stopped):
         return False
-    metrics = record.get("metrics") or {}
+    metrics = effective_metrics(record)
     for name, _ in objectives:
         v = metrics.get(name)
         if not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -143,8 +149,9 @@ class Replay:
     """
 
     def __init__(self, objectives: Sequence[Mapping[str, Any]], keep_finished: bool = True, front: Any = None,
-                 history: bool = False, curve: bool = True):
+                 history: bool = False, curve: bool = True, front_stopped: bool = False):
         self.objectives = [(o["name"], o["direction"] == "max") for o in objectives]
+        self.front_stopped = front_stopped  # the job's scheduler.front_includes_stopped
         self.keep_finished, self.front = keep_finished, front
         self.history: list[tuple] | None = [] if history else None
         self.curve: list[list[Any]] | None = [] if curve else None  # [finished, hypervolume, trial id]
@@ -155,7 +162,12 @@ class Replay:
         self.requeue: list[dict[str, Any]] = []  # {"candidate", "from", "deaths"}
         self.deaths: dict[str, int] = {}  # running trial -> earlier runs of its candidate whose worker died
         self.next_index = 1
-        self.counts = {"completed": 0, "failed": 0, "preempted": 0, "running": 0}
+        self.counts = {"completed": 0, "failed": 0, "stopped": 0, "preempted": 0, "running": 0}  # re-evaluations apart
+        self.image_passes = [0, 0]  # [training images seen, what every finished trial at full budget would have seen]
+        self.rungs: dict[int, dict[str, list[float]]] = {}  # rung epoch -> trial -> its normalised vector there
+        self.stops: dict[str, int] = {}  # trial -> the rung the scheduler stopped it at (until it is told)
+        self.repeat_trials: dict[tuple[str, int], str] = {}  # (original, seed) -> re-evaluation trial's status
+        self.repeat_results: dict[str, list[dict[str, Any]]] = {}  # original -> completed re-evaluations' metrics
         self.best: dict[str, float] = {}
         self.hypervolume = 0.0
         self.last_failure: list[Any] | None = None  # [trial id, reason]
@@ -165,7 +177,11 @@ class Replay:
 
     @property
     def finished(self) -> int:
-        return self.counts["completed"] + self.counts["failed"]
+        return self.counts["completed"] + self.counts["failed"] + self.counts["stopped"]
+
+    @property
+    def repeats_running(self) -> int:
+        return sum(1 for v in self.repeat_trials.values() if v == "running")
 
     def running(self) -> list[dict[str, Any]]:
         return [t for t in self.trials.values() if t["status"] == "running"]
@@ -246,6 +262,8 @@ class Replay:
                 if item["from"] == rf:
                     self.deaths[tid] = int(self.requeue.pop(i).get("deaths", 0))
                     break
+        elif t.get("repeat_of"):  # a re-evaluation: the strategy never asked it
+            self.repeat_trials[(t["repeat_of"], int(t["seed"]))] = "running"
         elif self.history is not None:
             self.history.append((ev["seq"], "ask", tuple(genome), key))
         t.setdefault("history", [])
@@ -268,12 +286,23 @@ class Replay:
         t = self._live(ev)
         fields = ev["set"]
         bad = set(fields) - TRIAL_FIELDS
-        if bad or fields.get("status") not in ("completed", "failed"):
+        if bad or fields.get("status") not in FINISHED:
             raise EventError(f"tell of {ev['id']}: status {fields.get('status')!r}, fields {sorted(bad)}")
         t.update(fields)
         self.counts["running"] -= 1
-        self.counts[t["status"]] += 1
         self.deaths.pop(t["trial_id"], None)
+        self.stops.pop(t["trial_id"], None)
+        if t.get("repeat_of"):  # a re-evaluation: its original's, not a trial of the search
+            self.repeat_trials[(t["repeat_of"], int(t["seed"]))] = t["status"]
+            if t["status"] == "completed":
+                self.repeat_results.setdefault(t["repeat_of"], []).append(
+                    {"trial_id": t["trial_id"], "seed": t["seed"], "metrics": t["metrics"]})
+            if not self.keep_finished:
+                del self.trials[t["trial_id"]]
+            return
+        self.counts[t["status"]] += 1
+        if "passes" in ev:
+            self.image_passes = [self.image_passes[0] + int(ev["passes"][0]), self.image_passes[1] + int(ev["passes"][1])]
         n, hv = ev["hv"]
         self.hypervolume = float(hv)
         if ev.get("front"):
@@ -289,7 +318,7 @@ class Replay:
             self.history.append((seq, "tell", t["candidate"]["key"], {"status": t["status"], "metrics": t["metrics"]}))
         if t["status"] == "failed":
             self.last_failure = [t["trial_id"], t.get("reason")]
-        elif _usable(t, self.objectives):
+        elif _usable(t, self.objectives, self.front_stopped):
             for name, maximise in self.objectives:
                 v = t["metrics"][name]
                 old = self.best.get(name)
@@ -303,12 +332,40 @@ class Replay:
         t.update(ev.get("node") or {})
         t["status"], t["reason"], t["finished_at"] = "preempted", ev["reason"], ev["t"]
         self.counts["running"] -= 1
-        self.counts["preempted"] += 1
         self.deaths.pop(t["trial_id"], None)
+        self.stops.pop(t["trial_id"], None)
+        for recorded in self.rungs.values():  # an unfinished trial's rung vectors go: its re-run ranks afresh
+            recorded.pop(t["trial_id"], None)
+        if t.get("repeat_of"):  # a re-evaluation is asked again from the plan, not re-queued
+            self.repeat_trials.pop((t["repeat_of"], int(t["seed"])), None)
+            t["status"] = "preempted"
+            if not self.keep_finished:
+                del self.trials[t["trial_id"]]
+            return
+        self.counts["preempted"] += 1
         if ev.get("requeue", True):
             self.requeue.append({"candidate": t["candidate"], "from": t["trial_id"], "deaths": int(ev.get("deaths", 0))})
         if not self.keep_finished:
             del self.trials[t["trial_id"]]
+
+    def _rung(self, ev: Mapping[str, Any]) -> None:
+        """A running trial ranked at a rung: its normalised vector there, and whether it goes on."""
+        t = self._live(ev)
+        rung = int(ev["rung"])
+        self.rungs.setdefault(rung, {})[t["trial_id"]] = [float(x) for x in ev["v"]]
+        if not ev["go"]:
+            self.stops[t["trial_id"]] = rung
+
+    def _repeats(self, ev: Mapping[str, Any]) -> None:
+        """A front trial's re-evaluation summary (mean, sd, seeds); ``front``/``hv``: the front
+        recomputed on the means was written after it."""
+        t = self.trials.get(ev["id"])
+        if t is not None:
+            t["repeats"] = dict(ev["set"])
+        if ev.get("front"):
+            self.front_seq = ev["seq"]
+        if "hv" in ev:
+            self.hypervolume = float(ev["hv"])
 
     def _reason(self, ev: Mapping[str, Any]) -> None:
         t = self.trials.get(ev["id"])
@@ -321,25 +378,30 @@ class Replay:
     def state_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "job": self.job, "running": self.running(), "requeue": self.requeue,
                 "deaths": self.deaths, "next_index": self.next_index, "counts": self.counts, "best": self.best,
-                "hypervolume": self.hypervolume, "last_failure": self.last_failure, "front_seq": self.front_seq}
+                "hypervolume": self.hypervolume, "last_failure": self.last_failure, "front_seq": self.front_seq,
+                "image_passes": self.image_passes}
 
     @classmethod
-    def from_state(cls, d: Mapping[str, Any], objectives: Sequence[Mapping[str, Any]]) -> Replay:
-        r = cls(objectives, keep_finished=False, curve=False)
+    def from_state(cls, d: Mapping[str, Any], objectives: Sequence[Mapping[str, Any]],
+                   front_stopped: bool = False) -> Replay:
+        r = cls(objectives, keep_finished=False, curve=False, front_stopped=front_stopped)
         if not set(d["job"]) <= JOB_FIELDS | {"job_id", "updated_at"} or d["job"].get("status") not in STATUSES:
             raise EventError(f"summary has an unknown status {d['job'].get('status')!r} or field")
         r.seq, r.job = int(d["seq"]), dict(d["job"])
         r.trials = {t["trial_id"]: dict(t) for t in d["running"]}
         r.requeue, r.deaths = list(d["requeue"]), dict(d["deaths"])
-        r.next_index, r.counts, r.best = int(d["next_index"]), dict(d["counts"]), dict(d["best"])
+        r.next_index, r.counts, r.best = int(d["next_index"]), {"stopped": 0, **d["counts"]}, dict(d["best"])
         r.hypervolume, r.last_failure, r.front_seq = float(d["hypervolume"]), d["last_failure"], d["front_seq"]
-        if set(r.counts) != {"completed", "failed", "preempted", "running"} or r.counts["running"] != len(r.trials):
+        r.image_passes = [int(x) for x in d.get("image_passes", (0, 0))]
+        if set(r.counts) != {"completed", "failed", "stopped", "preempted", "running"} \
+                or r.counts["running"] != len(r.trials):
             raise EventError("summary counts do not match its running trials")
         return r
 
 
 _HANDLERS = {"log": Replay._log, "base": Replay._base, "job": Replay._job, "ask": Replay._ask, "epoch": Replay._epoch,
-             "tell": Replay._tell, "preempt": Replay._preempt, "reason": Replay._reason}
+             "tell": Replay._tell, "preempt": Replay._preempt, "reason": Replay._reason, "rung": Replay._rung,
+             "repeats": Replay._repeats}
 
 
 # --- reading the log ----------------------------------------------------------------------------------
@@ -499,10 +561,12 @@ class JobStore:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError, EventError):
             s = json.loads(self.path(SUMMARY).read_bytes())
             if s.get("format") == FORMAT and s.get("job_id") == self.job_id:
-                summary = (Replay.from_state(s["state"], s["static"]["objectives"]), s["static"], int(s["offset"]))
+                summary = (Replay.from_state(s["state"], s["static"]["objectives"], s["static"].get("front_stopped", False)),
+                           s["static"], int(s["offset"]))
         if summary is None:  # missing or damaged: it is derived, the log has everything
             static = self.static()
-            return self.replay(static["objectives"], keep_finished=False, curve=False)[0], static
+            return self.replay(static["objectives"], keep_finished=False, curve=False,
+                               front_stopped=static.get("front_stopped", False))[0], static
         view, static, offset = summary
         self.read_record()  # job.json is there and is a job (a resume, an export need it)
         self._header()
@@ -536,7 +600,7 @@ class JobStore:
         static = self.static()
         if self.legacy:
             return self._legacy_replay(self.read_legacy(), static["objectives"], keep_finished=True)
-        return self.replay(static["objectives"])[0]
+        return self.replay(static["objectives"], front_stopped=static.get("front_stopped", False))[0]
 
     def read_front(self, seq: int) -> list[dict[str, Any]] | None:
         """The front's records from ``front.json`` if it is the one the tell at ``seq`` made
@@ -589,7 +653,10 @@ def static_info(record: Mapping[str, Any]) -> dict[str, Any]:
     return {"job_id": record["job_id"], "name": spec.name, "strategy": spec.strategy, "space": record["space_name"],
             "space_hash": record["space_hash"], "dataset": spec.dataset, "backbone": spec.backbone.name,
             "requested": spec.trials, "concurrency": spec.concurrency, "failure_limit": spec.failure_limit,
-            "epochs": spec.budget.epochs, "objectives": [o.model_dump(mode="json") for o in spec.objective_list]}
+            "epochs": spec.budget.epochs, "objectives": [o.model_dump(mode="json") for o in spec.objective_list],
+            "scheduler": spec.scheduler.model_dump(mode="json") if spec.scheduler else None,
+            "front_stopped": bool(spec.scheduler and spec.scheduler.front_includes_stopped),
+            "front_repeats": spec.front_repeats}
 
 
 # --- writing --------------------------------------------------------------------------------------------
@@ -634,7 +701,8 @@ class JobWriter:
         for name in (LOG, MIRROR):  # the log first: it is never behind its mirror
             atomic_write(store.path(name), header)
         w = cls(store, static)
-        w.view = Replay(static["objectives"], keep_finished=False, curve=False)
+        w.view = Replay(static["objectives"], keep_finished=False, curve=False,
+                        front_stopped=static.get("front_stopped", False))
         w.view.apply(json.loads(header))
         w.offset = len(header)
         w.write_summary()
@@ -650,7 +718,8 @@ class JobWriter:
             events, end = parse_events(data)
         except LogError as e:
             raise store.corrupt(LOG, str(e)) from None
-        view = Replay(self.static["objectives"], keep_finished=False, front=front, history=history)
+        view = Replay(self.static["objectives"], keep_finished=False, front=front, history=history,
+                      front_stopped=self.static.get("front_stopped", False))
         for i, ev in enumerate(events):
             try:
                 view.apply(ev)
@@ -790,10 +859,13 @@ class JobWriter:
                                       "static": self.static, "state": self.view.state_dict()}))
         self._summary_seq, self._summary_at = self.view.seq, time.monotonic()
 
-    def write_front(self, front: Any) -> None:
+    def write_front(self, front: Any, fresh: bool = False) -> None:
         """``front.json``: O(front) bytes when the front changes; a member's record is encoded
-        once, when it joins (a finished trial's record no longer changes)."""
+        once, when it joins (a finished trial's record no longer changes — ``fresh``: it did, the
+        front's re-evaluation added its seeds' mean)."""
         records = front.records()
+        if fresh:
+            self._front_json = {}
         cache = {r["trial_id"]: self._front_json.get(r["trial_id"]) or _dumps(r) for r in records}
         self._front_json = cache
         head = _dumps({"job_id": self.job_id, "seq": self.view.front_seq, "finished": self.view.finished,
@@ -875,7 +947,7 @@ def repair(store: JobStore) -> list[str]:
         static = store.static()
         # replay what survived, each seq from the copy whose line fits (the log's first); events
         # that fit in neither (after a lost one they depend on) are dropped
-        r = Replay(static["objectives"])
+        r = Replay(static["objectives"], front_stopped=static.get("front_stopped", False))
         kept: list[tuple[bytes, dict[str, Any]]] = []
         dropped = 0
         for s in sorted(events):
@@ -917,7 +989,7 @@ def repair(store: JobStore) -> list[str]:
     static = store.static()
     from .front import Front
 
-    front = Front(_objectives(static))
+    front = Front(_objectives(static), include_stopped=static.get("front_stopped", False))
     for name in (SUMMARY, FRONT, CURVE):
         with contextlib.suppress(FileNotFoundError):
             store.path(name).unlink()

@@ -27,15 +27,32 @@ def job_summary(static: dict[str, Any], view: Replay, alive: bool | None) -> dic
         "interrupted": interrupted,  # the coordinator is gone: `promptsearch resume` continues it
         "strategy": static["strategy"], "space": static["space"], "space_hash": static["space_hash"],
         "dataset": static["dataset"], "backbone": static["backbone"],
-        "trials": {"requested": static["requested"], "finished": counts["completed"] + counts["failed"], **counts},
+        "trials": {"requested": static["requested"], "finished": view.finished, **counts},
+        "image_passes": _passes(view.image_passes),
+        "scheduler": static.get("scheduler"), "repeats": _repeats(j.get("repeats")),
         "concurrency": static["concurrency"], "failure_limit": static["failure_limit"],
         "objectives": static["objectives"], "best": dict(view.best), "hypervolume": view.hypervolume,
         "running_trials": [{"trial_id": t["trial_id"], "epoch": len(t["history"]), "epochs": static["epochs"],
-                            "node_id": t.get("node_id")} for t in view.running()],
+                            "node_id": t.get("node_id"), "repeat_of": t.get("repeat_of")} for t in view.running()],
         "created_at": j["created_at"], "started_at": j["started_at"], "finished_at": j["finished_at"],
         "updated_at": j["updated_at"], "attempts": j["attempts"], "coordinator": j["coordinator"],
         "mlflow": j["mlflow"],
     }
+
+
+def _passes(used_full: list[int]) -> dict[str, Any]:
+    """Training images the job's finished trials saw, what they would have at full budget, the saving."""
+    used, full = used_full
+    return {"used": used, "full_budget": full, "saved": (1 - used / full) if full else 0.0}
+
+
+def _repeats(rep: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The front re-evaluation's progress and outcome (without its plan's candidates)."""
+    if not rep:
+        return None
+    return {"k": rep.get("k"), "planned": len(rep.get("plan", [])), "done": bool(rep.get("done")),
+            "front_before": rep.get("front_before", []), "front_after": rep.get("front_after"),
+            "moved_off": rep.get("moved_off")}
 
 
 def corrupt_summary(job_id: str, error: CorruptJob, created_at: float | None = None) -> dict[str, Any]:
@@ -46,7 +63,8 @@ def corrupt_summary(job_id: str, error: CorruptJob, created_at: float | None = N
         "status": "corrupt", "message": str(error).removeprefix(f"job {job_id} is corrupt: "), "interrupted": False,
         "corrupt": {"file": error.file, "reason": error.reason, "hint": error.hint},
         "strategy": None, "space": None, "space_hash": None, "dataset": None, "backbone": None,
-        "trials": {"requested": 0, "finished": 0, "completed": 0, "failed": 0, "preempted": 0, "running": 0},
+        "trials": {"requested": 0, "finished": 0, "completed": 0, "failed": 0, "stopped": 0, "preempted": 0, "running": 0},
+        "image_passes": _passes([0, 0]), "scheduler": None, "repeats": None,
         "concurrency": None, "failure_limit": None, "objectives": [], "best": {}, "hypervolume": 0.0,
         "running_trials": [], "created_at": created_at or 0.0, "started_at": None, "finished_at": None,
         "updated_at": None, "attempts": 0, "coordinator": None, "mlflow": {},

@@ -102,6 +102,7 @@ def summary_view(st: dict[str, Any], runner: Any = None) -> JobSummary:
                       running=t.get("running", 0), failed=t.get("failed", 0), hypervolume=st.get("hypervolume"),
                       best={k: v for k, v in (st.get("best") or {}).items() if v is not None},
                       message=message, completed=t.get("completed", 0), preempted=t.get("preempted", 0),
+                      stopped=t.get("stopped", 0), image_passes=st.get("image_passes"), repeats=st.get("repeats"),
                       created_at=st.get("created_at"), finished_at=st.get("finished_at"),
                       backbone=st.get("backbone"), concurrency=st.get("concurrency"),
                       **({"corrupt": st["corrupt"]} if st.get("corrupt") else {}))
@@ -134,11 +135,14 @@ def spec_json(ws: Path, job_id: str) -> dict[str, Any]:
     return spec
 
 
-def trial_views(records: list[dict[str, Any]], objectives) -> list[TrialOut]:
-    """Trial records (``job_trials``) with their Pareto rank over the job's objectives (0 = on the front)."""
+def trial_views(records: list[dict[str, Any]], objectives, front_stopped: bool = False) -> list[TrialOut]:
+    """Trial records (``job_trials``) with their Pareto rank over the job's objectives (0 = on the
+    front; ranked by the seeds' mean where the front was re-evaluated; stopped trials only when
+    the job lets them on the front; re-evaluation trials never)."""
     from ..objectives import front_ranks
+    from ..search.records import ranked
 
-    rank_of = front_ranks(records, objectives)
+    rank_of = front_ranks(ranked(records, front_stopped), objectives)
     out = []
     for i, r in enumerate(records):
         cand = r.get("candidate") or {}
@@ -150,7 +154,8 @@ def trial_views(records: list[dict[str, Any]], objectives) -> list[TrialOut]:
             wall_time_s=r.get("wall_time_s"), started=_iso(r.get("started_at")), finished=_iso(r.get("finished_at")),
             on_front=rank_of.get(i) == 0, rank=rank_of.get(i), requeued_from=r.get("requeued_from"),
             node_id=r.get("node_id"), mlflow_run_id=r.get("mlflow_run_id"), has_weights=bool(r.get("weights")),
-            epochs_done=len(r.get("history") or [])))
+            epochs_done=len(r.get("history") or []),
+            **{k: r[k] for k in ("rung", "image_passes", "repeat_of", "repeats") if r.get(k) is not None}))
     return out
 
 
@@ -164,10 +169,13 @@ def pareto_view(ws: Path, job_id: str) -> Pareto:
         records, view, static = jobs.front_records(store)
     except jobs.CorruptJob as e:
         raise HTTPException(409, str(e)) from None
+    from ..search.records import ranked
+
     objectives = [Objective(**o) for o in static["objectives"]]
-    trials = trial_views(records, objectives)
+    front_stopped = static.get("front_stopped", False)
+    trials = trial_views(records, objectives, front_stopped)
     try:
-        knee = trials[pick(records, objectives, "knee")].trial_id
+        knee = trials[pick(ranked(records, front_stopped), objectives, "knee")].trial_id
     except ObjectiveError:
         knee = None
     # the coordinator's curve: [finished trials, hypervolume, trial id] after each finished trial

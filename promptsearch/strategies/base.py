@@ -5,7 +5,10 @@
 The caller (the coordinator) owns the loop. Asks may run ahead of tells (several trials in
 flight) and tells may come out of order; a candidate's id is its ``Candidate.key``. A failed
 trial is told with ``result.status == "failed"`` (its metrics may be empty or NaN); a completed
-result missing an objective or with a non-finite one counts as failed too. Strategies know the
+result missing an objective or with a non-finite one counts as failed too. A trial the job's
+scheduler stopped early is told with ``status == "stopped"`` and its metrics at the rung: a
+low-fidelity result, learned from like a completed one unless ``learn_stopped=False`` (then only
+its bookkeeping: it is not proposed again, nothing is learned). Strategies know the
 space and the objectives, never Ray or MLflow.
 
 :class:`Strategy` does the bookkeeping every strategy shares, so each one only writes
@@ -127,13 +130,14 @@ class Strategy(ABC):
 
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective | str | Mapping] | None = None,
                  seed: int = 0, scalarization: Scalarization | Mapping[str, Any] | None = None,
-                 max_retries: int = 50):
+                 max_retries: int = 50, learn_stopped: bool = True):
         self.space = space
         self.objectives: tuple[Objective, ...] = parse_objectives(objectives)
         self.scalarization = (scalarization if isinstance(scalarization, Scalarization)
                               else Scalarization(**(scalarization or {})))
         self.seed = int(seed)
         self.max_retries = max_retries  # re-proposals of a repeat before a random unseen candidate
+        self.learn_stopped = bool(learn_stopped)  # learn from trials stopped early (their rung metrics)
         self.rng = random.Random(self.seed)  # bookkeeping draws (repair, fallback) and simple strategies
         self.asked: dict[Genome, int] = {}  # every genome proposed -> ask number
         self.pending: dict[str, Genome] = {}  # candidate id -> genome, asked but not told
@@ -167,6 +171,10 @@ class Strategy(ABC):
         if candidate_id not in self.pending:
             raise StrategyError(f"candidate id {candidate_id!r} was not asked of this {self.name} strategy "
                                 f"(or its state was not restored)")
+        if _stopped(result) and not self.learn_stopped:
+            del self.pending[candidate_id]  # asked and answered: never proposed again, nothing learned
+            self._told_keys.add(candidate_id)
+            return
         self._record(candidate_id, self.observation(self.pending[candidate_id], result))
 
     def _record(self, candidate_id: str, obs: Observation) -> None:
@@ -176,6 +184,7 @@ class Strategy(ABC):
         self._observe(obs)
 
     def observation(self, genome: Genome, result: TrialResult | Mapping[str, Any]) -> Observation:
+        result = _as_completed(result)
         row = objective_row(result, self.objectives)  # (m,) raw values, None: failed or unusable
         values = None if row is None else tuple(float(x) for x in normalised_values(row, self.objectives)[0])
         return Observation(tuple(genome), values, scalarize(result, self.objectives, self.scalarization))
@@ -235,7 +244,9 @@ class Strategy(ABC):
             elif event[1] not in self._told_keys:
                 if event[1] not in self.pending:
                     raise StrategyError(f"history tells {event[1]!r}, which it never asked")
-                told.append((self.pending.pop(event[1]), event[2]))
+                genome = self.pending.pop(event[1])
+                if self.learn_stopped or not _stopped(event[2]):
+                    told.append((genome, event[2]))
                 self._told_keys.add(event[1])
         self.told = self.observations(told)
 
@@ -243,7 +254,7 @@ class Strategy(ABC):
         """:meth:`observation` of many (genome, result) pairs in one numpy pass (a resume
         rebuilding thousands): the same numbers — the normalisation is elementwise, and each
         reward is the same dot product as :func:`~promptsearch.objectives.scalarize`'s."""
-        rows = [objective_row(r, self.objectives) for _, r in told]
+        rows = [objective_row(_as_completed(r), self.objectives) for _, r in told]
         ok = [row for row in rows if row is not None]
         values = normalised_values(np.array(ok), self.objectives) if ok else np.zeros((0, len(self.objectives)))
         w = self.scalarization.weights(self.objectives) if ok else None
@@ -302,6 +313,19 @@ class Strategy(ABC):
     @property
     def exhausted(self) -> bool:
         return len(self.asked) >= self._size
+
+
+def _stopped(result: Any) -> bool:
+    status = result.get("status") if isinstance(result, Mapping) else getattr(result, "status", None)
+    return status == "stopped"
+
+
+def _as_completed(result: Any) -> Any:
+    """A stopped result as a (low-fidelity) completed one: its rung metrics are what it measured."""
+    if not _stopped(result):
+        return result
+    metrics = result.get("metrics") if isinstance(result, Mapping) else result.metrics
+    return {"status": "completed", "metrics": metrics or {}}
 
 
 def make_strategy(name: str, space: SearchSpace, objectives: Any = None, seed: int = 0, **options: Any) -> Strategy:
