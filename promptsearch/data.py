@@ -18,6 +18,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,26 +115,77 @@ def image_mode(path: str | Path) -> str:
 
 
 # --- the MedMNIST catalogue -------------------------------------------------------------------------
+# The MedMNIST v2 2D datasets (as medmnist 3.0's ``INFO`` gives them): the facts a load needs, carried
+# here so that reading a dataset never imports the ``medmnist`` package (which imports scikit-learn,
+# scipy and pandas: +156 MiB in every trial worker, for a 0.4 MB archive). ``python_class`` is only
+# for ``download=True``, which uses medmnist's downloader. tests/test_scale_paths.py checks this
+# table against ``medmnist.INFO``.
+MEDMNIST_2D: dict[str, dict[str, Any]] = {
+    "pathmnist": {"task": "multi-class", "channels": 3, "python_class": "PathMNIST",
+        "splits": {"train": 89996, "val": 10004, "test": 7180},
+        "classes": ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
+                    "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium"]},
+    "chestmnist": {"task": "multi-label, binary-class", "channels": 1, "python_class": "ChestMNIST",
+        "splits": {"train": 78468, "val": 11219, "test": 22433},
+        "classes": ["atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
+                    "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia"]},
+    "dermamnist": {"task": "multi-class", "channels": 3, "python_class": "DermaMNIST",
+        "splits": {"train": 7007, "val": 1003, "test": 2005},
+        "classes": ["actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
+                    "benign keratosis-like lesions", "dermatofibroma", "melanoma", "melanocytic nevi",
+                    "vascular lesions"]},
+    "octmnist": {"task": "multi-class", "channels": 1, "python_class": "OCTMNIST",
+        "splits": {"train": 97477, "val": 10832, "test": 1000},
+        "classes": ["choroidal neovascularization", "diabetic macular edema", "drusen", "normal"]},
+    "pneumoniamnist": {"task": "binary-class", "channels": 1, "python_class": "PneumoniaMNIST",
+        "splits": {"train": 4708, "val": 524, "test": 624},
+        "classes": ["normal", "pneumonia"]},
+    "retinamnist": {"task": "ordinal-regression", "channels": 3, "python_class": "RetinaMNIST",
+        "splits": {"train": 1080, "val": 120, "test": 400},
+        "classes": ["0", "1", "2", "3", "4"]},
+    "breastmnist": {"task": "binary-class", "channels": 1, "python_class": "BreastMNIST",
+        "splits": {"train": 546, "val": 78, "test": 156},
+        "classes": ["malignant", "normal, benign"]},
+    "bloodmnist": {"task": "multi-class", "channels": 3, "python_class": "BloodMNIST",
+        "splits": {"train": 11959, "val": 1712, "test": 3421},
+        "classes": ["basophil", "eosinophil", "erythroblast",
+                    "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)", "lymphocyte", "monocyte",
+                    "neutrophil", "platelet"]},
+    "tissuemnist": {"task": "multi-class", "channels": 1, "python_class": "TissueMNIST",
+        "splits": {"train": 165466, "val": 23640, "test": 47280},
+        "classes": ["Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule", "Glomerular endothelial cells",
+                    "Interstitial endothelial cells", "Leukocytes", "Podocytes", "Proximal Tubule Segments",
+                    "Thick Ascending Limb"]},
+    "organamnist": {"task": "multi-class", "channels": 1, "python_class": "OrganAMNIST",
+        "splits": {"train": 34561, "val": 6491, "test": 17778},
+        "classes": ["bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
+                    "lung-left", "lung-right", "pancreas", "spleen"]},
+    "organcmnist": {"task": "multi-class", "channels": 1, "python_class": "OrganCMNIST",
+        "splits": {"train": 12975, "val": 2392, "test": 8216},
+        "classes": ["bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
+                    "lung-left", "lung-right", "pancreas", "spleen"]},
+    "organsmnist": {"task": "multi-class", "channels": 1, "python_class": "OrganSMNIST",
+        "splits": {"train": 13932, "val": 2452, "test": 8827},
+        "classes": ["bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
+                    "lung-left", "lung-right", "pancreas", "spleen"]},
+}
+
+
 def medmnist_2d() -> list[str]:
     """The MedMNIST 2D dataset names this package reads."""
-    from medmnist import INFO
-
-    return sorted(k for k in INFO if "3d" not in k)
+    return sorted(MEDMNIST_2D)
 
 
 def medmnist_meta(name: str) -> dict | None:
     """Task, classes, channels, stored size and split sizes of a MedMNIST 2D name (no arrays
     loaded); ``None`` for a name that is not one."""
-    from medmnist import INFO
-
     flag = name.lower()
-    if flag not in INFO or "3d" in flag:
+    info = MEDMNIST_2D.get(flag)
+    if info is None:
         return None
-    info = INFO[flag]
     task = "multi-label" if info["task"].startswith("multi-label") else info["task"]
-    return {"name": flag, "task": task, "classes": [info["label"][k] for k in sorted(info["label"], key=int)],
-            "channels": int(info["n_channels"]), "size": 28, "python_class": info["python_class"],
-            "splits": dict(info["n_samples"])}
+    return {"name": flag, "task": task, "classes": list(info["classes"]), "channels": info["channels"], "size": 28,
+            "python_class": info["python_class"], "splits": dict(info["splits"])}
 
 
 def default_root(root: str | Path | None) -> Path | None:
@@ -143,9 +195,9 @@ def default_root(root: str | Path | None) -> Path | None:
 
 @DATASETS.register("medmnist")
 def load_medmnist(name: str, root: str | Path | None = None, download: bool = False, size: int = 28) -> Dataset:
-    """A MedMNIST v2 2D dataset from ``root`` (no network unless ``download=True``)."""
-    import medmnist
-
+    """A MedMNIST v2 2D dataset from ``root`` (no network unless ``download=True``): the official
+    train/val/test arrays of ``<root>/<name>[_<size>].npz``, read with numpy (the ``medmnist``
+    package is imported only to download)."""
     meta = medmnist_meta(name)
     if meta is None:
         raise DataError(f"unknown MedMNIST dataset {name!r}; 2D datasets: {', '.join(medmnist_2d())}")
@@ -155,26 +207,36 @@ def load_medmnist(name: str, root: str | Path | None = None, download: bool = Fa
     if root is None:
         raise DataError(f"no data root for {flag}: pass --data-root DIR or set {DATA_ROOT_ENV} "
                         f"(a folder holding {flag}{suffix}.npz)")
-    if download:
-        root.mkdir(parents=True, exist_ok=True)
     path = root / f"{flag}{suffix}.npz"
-    if not download and not path.exists():
+    if download and not path.exists():
+        _download_medmnist(meta, root, size)
+    if not path.exists():
         raise DataError(f"{path} not found: point --data-root / {DATA_ROOT_ENV} at the folder holding "
                         f"{flag}{suffix}.npz, or pass --download to fetch it (needs network)")
-    cls = getattr(medmnist, meta["python_class"])
     splits = {}
-    for split in ("train", "val", "test"):
-        try:
-            ds = cls(split=split, root=str(root), download=download, size=None if size == 28 else size)
-        except Exception as e:  # medmnist raises RuntimeError / zip errors for bad files
-            raise DataError(f"could not read {path} ({split}): {_npz_problem(path, e)}") from None
-        imgs = np.asarray(ds.imgs)
+    try:
+        with np.load(path, allow_pickle=False) as npz:  # what medmnist reads: <split>_images, <split>_labels
+            arrays = {split: (npz[f"{split}_images"], npz[f"{split}_labels"]) for split in ("train", "val", "test")}
+    except Exception as e:  # numpy raises ValueError / zip errors / KeyError for bad files
+        raise DataError(f"could not read {path}: {_npz_problem(path, e)}") from None
+    for split, (imgs, labels) in arrays.items():
         imgs = imgs[:, None] if imgs.ndim == 3 else imgs.transpose(0, 3, 1, 2)  # (N, C, H, W)
-        task = meta["task"]
-        labels = torch.as_tensor(np.asarray(ds.labels))
-        labels = labels.float() if task == "multi-label" else labels.long().view(-1)
+        labels = torch.as_tensor(labels)
+        labels = labels.float() if meta["task"] == "multi-label" else labels.long().view(-1)
         splits[split] = Split(torch.as_tensor(imgs, dtype=torch.uint8).contiguous(), labels)
     return Dataset(flag, meta["task"], meta["classes"], splits["train"], splits["val"], splits["test"], source=str(path))
+
+
+def _download_medmnist(meta: dict, root: Path, size: int) -> None:
+    """Fetch ``<name>[_<size>].npz`` into ``root`` with medmnist's own downloader (url, md5)."""
+    import medmnist
+
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        getattr(medmnist, meta["python_class"])(split="train", root=str(root), download=True,
+                                                size=None if size == 28 else size)
+    except Exception as e:  # noqa: BLE001 - network, checksum, disk
+        raise DataError(f"could not download {meta['name']} ({size} px) into {root}: {type(e).__name__}: {e}") from None
 
 
 def _npz_problem(path: Path, error: Exception) -> str:
