@@ -27,6 +27,11 @@ from ..search.workspace import Workspace
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _SESSION_ENV = ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", SINGLE_MACHINE_ENV)
 LOOPBACK = "127.0.0.1"
+# Settings of a local Ray's raylet and GCS (Ray's system config; a cluster keeps its own).
+# prestart_worker_first_driver: Ray starts one idle Python worker per CPU when the first driver
+# connects (~80 MiB RSS each), and holds the driver until they are up; trials run in Tune's actors,
+# which get workers of their own, so these would idle for the whole job.
+RAY_SYSTEM_CONFIG = {"prestart_worker_first_driver": False}
 
 
 @contextlib.contextmanager
@@ -119,6 +124,7 @@ def _init_ray(ws: Workspace, address: str | None) -> bool:
         os.environ["RAY_AUTH_MODE"], os.environ["RAY_AUTH_TOKEN_PATH"] = "token", str(ws.ray_auth_token())
         _refresh_ray_config()
     ray.init(_temp_dir=str(tmp), _node_ip_address=LOOPBACK, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR, object_store_memory=256 * 1024**2)  # trials exchange only small dicts
+             logging_level=logging.ERROR, object_store_memory=256 * 1024**2,  # trials exchange only small dicts
+             _system_config=RAY_SYSTEM_CONFIG)
     private_tree(ws.root / "ray")
     return True
