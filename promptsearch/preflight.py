@@ -10,6 +10,11 @@ every split, builds the backbone once on the CPU with strict weight loading (nev
 and runs one image through it at the working size. It raises :class:`PreflightError` (a
 :class:`~promptsearch.jobs.JobError`) whose message starts with the job field and names the file.
 
+The dataset and backbone checks run in a short-lived child process (``python -m
+promptsearch.preflight``, the job's fields on stdin, the verdict on stdout): torch, the dataset and
+the backbone (~1 GiB) go away with it instead of staying in the coordinator or the server for as
+long as they run. Its errors come back as the same :class:`PreflightError` messages.
+
 Warnings (a randomly initialised backbone) go to the innermost :func:`collect_warnings` block of
 the calling thread, or else to Python's ``warnings`` as :class:`PreflightWarning`.
 """
@@ -18,6 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
+import logging
+import os
+import subprocess
+import sys
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -25,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from .jobs import JobError, JobSpec
+
+log = logging.getLogger("promptsearch.preflight")
 
 RANDOM_BACKBONE = "random-initialised backbone: results measure the prompt alone"
 MEDMNIST_KEYS = tuple(f"{split}_{part}" for split in ("train", "val", "test") for part in ("images", "labels"))
@@ -71,8 +83,7 @@ def preflight(spec: JobSpec, workspace: Any = None) -> list[str]:
     ``spec``'s paths must be resolved (:func:`~promptsearch.jobs.resolve_paths`)."""
     if workspace is not None:
         check_workspace(Path(getattr(workspace, "root", workspace)))
-    check_dataset(spec)
-    check_backbone(spec)
+    check_files(spec)
     notes = []
     if not spec.backbone.weights and not spec.backbone.pretrained:
         notes.append(f"{RANDOM_BACKBONE} ({spec.backbone.name} has no backbone.weights and pretrained is false; "
@@ -80,6 +91,74 @@ def preflight(spec: JobSpec, workspace: Any = None) -> list[str]:
     for note in notes:
         _warn(note)
     return notes
+
+
+# --- the child process -----------------------------------------------------------------------------------
+# Its lifetime: a Python start, torch and the backbone's library imported, the dataset read, one image
+# through the backbone (seconds). Longer means a hung file system or a huge backbone: say so.
+CHILD_TIMEOUT_S = 600.0
+
+
+def check_files(spec: JobSpec) -> None:
+    """:func:`check_dataset` and :func:`check_backbone` in a child process (see the module
+    docstring): returns when both pass, raises their :class:`PreflightError` when one does not."""
+    fields = {"dataset": spec.dataset, "data_root": spec.data_root,
+              "backbone": spec.backbone.model_dump(mode="json")}
+    package_parent = str(Path(__file__).resolve().parent.parent)  # the child imports this very promptsearch
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "promptsearch.preflight"], input=json.dumps(fields),
+                              capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise PreflightError(f"dataset/backbone: the check of {spec.dataset} and {spec.backbone.name} did not end "
+                             f"within {CHILD_TIMEOUT_S:.0f} s (a hung file system?)") from None
+    verdict = _verdict(done.stdout)
+    if verdict is None:
+        why = f"signal {-done.returncode}" if done.returncode < 0 else f"exit code {done.returncode}"
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        raise PreflightError(f"dataset/backbone: the process checking {spec.dataset} and {spec.backbone.name} died "
+                             f"({why}{': out of memory?' if done.returncode == -9 else ''}; {last})")
+    log.debug("preflight of %s / %s ran in process %s%s", spec.dataset, spec.backbone.name, verdict.get("pid"),
+              f"; its stderr: {done.stderr[-2000:]}" if done.stderr.strip() else "")
+    if "error" in verdict:
+        raise PreflightError(verdict["error"])
+    if "crash" in verdict:  # a bug, not a bad file: its traceback, as the check would have raised it here
+        raise RuntimeError(f"preflight crashed in its child process {verdict.get('pid')}:\n{verdict['crash']}")
+
+
+def _verdict(stdout: str) -> dict[str, Any] | None:
+    """The child's verdict: the last line of its stdout (whatever a library printed comes before it)."""
+    lines = stdout.strip().splitlines()
+    with contextlib.suppress(ValueError):
+        v = json.loads(lines[-1]) if lines else None
+        if isinstance(v, dict) and "pid" in v:
+            return v
+    return None
+
+
+def _child() -> int:
+    """``python -m promptsearch.preflight``: the job's dataset and backbone fields (JSON) on stdin,
+    one JSON line on stdout: ``{"pid": N}`` (passed), with ``"error"`` (a PreflightError's
+    message) or ``"crash"`` (a traceback)."""
+    import traceback
+    from types import SimpleNamespace
+
+    from .backbone_spec import BackboneSpec
+
+    verdict: dict[str, Any] = {"pid": os.getpid()}
+    try:
+        fields = json.loads(sys.stdin.read())
+        spec = SimpleNamespace(dataset=fields["dataset"], data_root=fields["data_root"],
+                               backbone=BackboneSpec.model_validate(fields["backbone"]))
+        check_dataset(spec)  # type: ignore[arg-type] - the fields the checks read
+        check_backbone(spec)  # type: ignore[arg-type]
+    except PreflightError as e:
+        verdict["error"] = str(e)
+    except Exception:  # noqa: BLE001 - reported to the parent, which raises it
+        verdict["crash"] = traceback.format_exc(limit=20)
+    sys.stdout.write("\n" + json.dumps(verdict) + "\n")
+    sys.stdout.flush()
+    return 0
 
 
 # --- the workspace --------------------------------------------------------------------------------------
@@ -200,3 +279,7 @@ def check_backbone(spec: JobSpec) -> None:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else "?"
+
+
+if __name__ == "__main__":
+    sys.exit(_child())
