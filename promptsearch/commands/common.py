@@ -75,6 +75,29 @@ def resolved(workspace: Any, job: str) -> tuple[Any, str]:
         fail(str(e))
 
 
+def loud_preflight_warnings() -> None:
+    """Show every preflight warning (a randomly initialised backbone) on stderr as one loud line
+    without a source line; other warnings as Python shows them. Called by the commands that submit
+    a job (where a preflight runs), before they do."""
+    import warnings
+
+    from ..preflight import PreflightWarning
+
+    default = warnings.showwarning
+    if getattr(default, "preflight", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        if issubclass(category, PreflightWarning):
+            sys.stderr.write(f"\033[1;33mwarning:\033[0m {message}\n" if sys.stderr.isatty() else f"warning: {message}\n")
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show.preflight = True
+    warnings.showwarning = show
+    warnings.simplefilter("always", PreflightWarning)
+
+
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 

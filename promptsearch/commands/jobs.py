@@ -11,7 +11,6 @@ they answer as fast at 10,000 trials as at 10.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -21,7 +20,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from .common import WorkspaceOpt, console, fail, out, print_json, resolved
+from .common import WorkspaceOpt, console, fail, loud_preflight_warnings, out, print_json, resolved
 
 # tables stay readable in logs and CI (a non-terminal console would default to 80 columns)
 wide = out if out.is_terminal else Console(width=160)  # tables to stdout (pipe-able), wide when piped
@@ -76,8 +75,9 @@ def front_table(job_id: str, front: list[dict[str, Any]], objectives: list[dict[
     for o in objectives:
         t.add_column(f"{o['name']} ({o['direction']})", justify="right", no_wrap=True)  # short numbers: no wrap to measure
     t.add_column("architecture", overflow="fold")
-    for r in front:
-        t.add_row(r["trial_id"], *[_fmt(r["metrics"].get(o["name"])) for o in objectives], _arch(r["candidate"]))
+    for r in front:  # plain Text cells: an architecture's "[a,b]" components are not markup (and no markup to parse)
+        t.add_row(*map(Text, (r["trial_id"], *[_fmt(r["metrics"].get(o["name"])) for o in objectives],
+                              _arch(r["candidate"]))))
     return t
 
 
@@ -158,6 +158,7 @@ def search(
             console.print(f"{path}: valid job ({spec.trials} trials of {spec.space!r} with {spec.strategy})")
             raise typer.Exit(0)
         ws = as_workspace(workspace)
+        loud_preflight_warnings()
         job_id = submit(ws, spec, job_file=path.read_text(), checked=True)
     except JobError as e:
         fail(str(e))
@@ -240,8 +241,13 @@ def resume(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), 
            ray_address: Optional[str] = RayAddress,
            as_json: bool = typer.Option(False, "--json", help="No live view; print the final status and front as JSON.")) -> None:
     """Continue an interrupted or cancelled job: finished trials are kept, unfinished ones re-run."""
+    from ..service.jobs import job_status
+
     ws, job_id = resolved(workspace, job)
-    _run(ws, job_id, ray_address, True, as_json)
+    status = job_status(ws, job_id)  # damage its summary read shows is refused before the live view starts
+    if status["status"] == "corrupt":
+        fail(f"job {job_id} is corrupt: {status['message']}")  # the file, the reason, `promptsearch repair JOB`
+    _run(ws, job_id, ray_address, True, as_json)  # damage deeper in the log: run_job raises the same CorruptJob
 
 
 def repair(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = WorkspaceOpt
@@ -261,7 +267,6 @@ def repair(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), 
 
 
 def register(app: typer.Typer) -> None:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     app.command("search")(search)
     app.command("jobs")(jobs)
     app.command("cancel")(cancel)
