@@ -37,7 +37,8 @@ from .requests import JobRequest, job_spec, valid_id
 from .requests import meta as meta_view
 from .runner import JobRunner
 from .settings import STORAGE_ERRNOS, Settings, os_error_line
-from .views import JobSummary, Pareto, TrialPage, existing, job_objectives, pareto_view, spec_json, status_of, summary_view, trial_views
+from .views import (JobSummary, Pareto, TrialOut, TrialPage, existing, pareto_view, spec_json, status_of, summary_view,
+                    trial_views)
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboard"
 log = logging.getLogger("promptsearch.service")
@@ -145,6 +146,13 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": validation_detail(exc)}, status_code=422)
 
+    @app.exception_handler(jobs.CorruptJob)
+    async def corrupt_job(request: Request, exc: jobs.CorruptJob) -> JSONResponse:
+        # the request is fine, the job's files are not: 409 naming the file, the reason and what to do
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": str(exc), "corrupt": {"job_id": exc.job_id, "file": exc.file,
+                                                               "reason": exc.reason, "hint": exc.hint}}, status_code=409)
+
     @app.exception_handler(OSError)
     async def storage_error(request: Request, exc: OSError) -> JSONResponse:
         log.error("%s %s: %s", request.method, request.url.path, os_error_line(exc))
@@ -231,6 +239,7 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
             raise HTTPException(409, f"job {job_id} is completed: nothing to resume")
         if jobs.coordinator_alive(jobs.Workspace(ws), job_id):
             raise HTTPException(409, f"job {job_id} is running in another coordinator process")
+        jobs.check_readable(ws, job_id)  # a corrupt job: 409 naming the file and `promptsearch repair JOB`
         runner.enqueue(job_id, resume_cancelled=st["status"] == "cancelled")
         return summary_view(status_of(ws, job_id), runner)
 
@@ -250,10 +259,8 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
             return trials_download(ws, job_id, fmt, status, test, offset, limit)
         limit = limit or 100
         existing(ws, job_id)
-        rows = trial_views(jobs.job_trials(ws, job_id), job_objectives(ws, job_id))
-        if status:
-            rows = [t for t in rows if t.status == status]
-        return TrialPage(total=len(rows), offset=offset, limit=limit, trials=rows[offset:offset + limit])
+        page = jobs.trial_page(ws, job_id, offset, limit, status, rows=trial_rows)  # a poll: O(new events + page)
+        return TrialPage(total=page.total, offset=offset, limit=limit, trials=page.items)
 
     @app.get("/jobs/{job_id}/pareto", tags=["jobs"], dependencies=guarded)
     def pareto(job_id: str) -> Pareto:
@@ -306,6 +313,14 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=DASHBOARD), name="static")
     return app
+
+
+def trial_rows(static: dict[str, Any], records: list[dict[str, Any]]) -> list[TrialOut]:
+    """Every trial of a job as the API shows it (ranked among them all): ``jobs.trial_page`` keeps
+    these with the job's replayed log and makes them again only when the log changed."""
+    from ..objectives import Objective
+
+    return trial_views(records, [Objective(**o) for o in static["objectives"]])
 
 
 def _remove(paths: list[Path]) -> None:
