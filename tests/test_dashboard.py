@@ -1,14 +1,14 @@
 """The dashboard for choosing, in Chromium, against a real ``promptsearch serve`` with real jobs
 (MobileNetV2 at 32 px + pixel prompts on BreastMNIST, 96 training images): which decisions matter
 (fANOVA), parallel coordinates with brushing, the constraint box, learning curves (live, and with
-failed/stopped trials), comparing two jobs, CSV/JSON out (API, button, CLI), PNG/SVG from Plotly's
+failed/preempted trials), comparing two jobs, CSV/JSON out (API, button, CLI), PNG/SVG from Plotly's
 modebar, the test split kept out of selection; and the analysis endpoints' 4xx answers.
 
     MLFLOW_DISABLE_TELEMETRY=true PROMPTSEARCH_DATA_ROOT=../shared/data/medmnist python -m pytest -q tests/test_dashboard.py
 
 One server and two real jobs for the whole module ("choose": 4 trials x 2 epochs; "other": 2 trials x
 5 epochs, on the same space, for the live view and the compare view). One more job is SYNTHETIC:
-the "choose" job's real records copied with some trials marked failed, stopped and running (a
+the "choose" job's real records copied with some trials marked failed, preempted and running (a
 format-1 job folder, which the workspace reads like any job), to show those statuses on the curves.
 Screenshots go to test-artifacts/ (git-ignored).
 """
@@ -468,7 +468,7 @@ def test_test_split_only_once_chosen_or_revealed(server, done, page):
     assert "test" in page.locator("#selected-body table thead").inner_text()
 
 
-# --- learning curves: several trials, failed and stopped ones shown as such -----------------------------------
+# --- learning curves: several trials, failed and preempted ones shown as such ---------------------------------
 @pytest.fixture(scope="module")
 def status_job(server, done) -> tuple[str, dict[str, str]]:
     """SYNTHETIC: the "choose" job's real records in a new job folder (format 1: job.json + state.json,
@@ -518,13 +518,14 @@ def test_curves_overlay_and_status_styles(server, status_job, page):
     for trial_id, status in marks.items():
         assert items[trial_id].get_attribute("data-status") == status
         assert items[trial_id].get_attribute("data-epochs") == "1"
-    assert "stopped" in items[next(t for t, s in marks.items() if s == "preempted")].inner_text()
+    # preempted (re-run) is not "stopped" (early, at a rung: tests/test_dashboard_explain.py)
+    assert "preempted" in items[next(t for t, s in marks.items() if s == "preempted")].inner_text()
     assert "diverged" in items[next(t for t, s in marks.items() if s == "failed")].inner_text()
     traces = page.evaluate("document.getElementById('curves-plot').data.map(t => [t.meta, t.line.dash, t.name, t.x.length])")
     dash = {m: d for m, d, _, _ in traces}
     assert dash == {"completed": "solid", "failed": "dash", "preempted": "dashdot", "running": "dot"}
     assert all(n >= 1 for *_, n in traces)
-    assert any("(stopped)" in name for _, _, name, _ in traces) and any("(failed)" in name for _, _, name, _ in traces)
+    assert any("(preempted)" in name for _, _, name, _ in traces) and any("(failed)" in name for _, _, name, _ in traces)
     page.select_option("#curve-metric", "train_loss")
     assert page.evaluate("document.getElementById('curves-plot').layout.yaxis.title.text") == "train_loss"
     page.locator("#curves-plot").scroll_into_view_if_needed()

@@ -2,11 +2,13 @@
 // constraint box, parallel coordinates with brushing, decision importance, component frequency, learning
 // curves, trial table with CSV/JSON download); a compare page for jobs on the same space.
 // Plain JS + Plotly (served by the API from the installed plotly package); talks only to the REST API.
+// The pure part of the drawing (statuses, points, error bars, map names) is marks.js (`PSMarks`, tested alone).
 "use strict";
 
+const M = PSMarks;
 const TOKEN_KEY = "promptsearch.token";
 const POLL_MS = 2000;
-const ACTIVE = new Set(["queued", "running"]);
+const ACTIVE = M.ACTIVE_JOB;  // queued, running, cancelling: poll
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#d62728"];
 const INACTIVE = "n/a";  // a decision a trial does not use (its `when` is not met), as the API names it
 const $ = (sel) => document.querySelector(sel);
@@ -146,8 +148,19 @@ function archSummary(a) {
     a.depth, a.placement, a.fusion, comps.length ? comps.length + " comp" : null].filter((x) => x !== undefined && x !== null);
   return parts.join(" \u00b7 ");
 }
-function badge(status) { return `<span class="badge ${esc(status)}">${esc(status)}</span>`; }
-const statusWord = {failed: "failed", preempted: "stopped", running: "running", completed: "completed"};
+// a trial's status badge ("stopped at epoch 3" for a trial stopped early); its title says what the status means
+function badge(status, t) {
+  const text = t ? M.trialStatusText(t) : status;
+  const title = M.TRIAL_STATUS[status] || M.JOB_STATUS[status] || "";
+  return `<span class="badge ${esc(status)}"${title ? ` title="${esc(title)}"` : ""}>${esc(text)}</span>`;
+}
+// a job's status badge: cancelling and corrupt say why in the title; corrupt also names its file below it
+function jobBadge(job) {
+  const b = M.jobBadge(job);
+  const described = b.detail ? ` aria-describedby="why-${esc(job.id)}"` : "";
+  return `<span class="badge ${esc(b.cls)}" title="${esc(b.title)}" data-status="${esc(b.status)}"${described}>${esc(b.status)}</span>` +
+    (b.detail ? `<div class="small badge-detail" id="why-${esc(job.id)}" title="${esc(b.title)}">${esc(b.detail)}</div>` : "");
+}
 
 // ---------------------------------------------------------------------------------------------
 // routing
@@ -236,13 +249,15 @@ async function showJobs() {
     const jobs = (await getJSON("/jobs")).jobs.reverse();  // newest first
     const body = $("#jobs-table tbody");
     body.innerHTML = jobs.map((j) => {
-      return `<tr data-job="${esc(j.id)}">
-        <td><input type="checkbox" class="cmp" data-job="${esc(j.id)}"${compareTicked.has(j.id) ? " checked" : ""} aria-label="compare ${esc(j.id)}"></td>
+      const corrupt = j.status === "corrupt";  // its files cannot be read: nothing but its id and why
+      const stopped = j.stopped ? `, ${j.stopped} stopped` : "";
+      return `<tr data-job="${esc(j.id)}" data-status="${esc(j.status)}">
+        <td><input type="checkbox" class="cmp" data-job="${esc(j.id)}"${compareTicked.has(j.id) ? " checked" : ""} aria-label="compare ${esc(j.id)}"${corrupt ? " disabled" : ""}></td>
         <td><a href="#/jobs/${esc(j.id)}">${esc(j.name || j.id)}</a><div class="muted small">${esc(j.id)}</div></td>
-        <td>${badge(j.status)}</td>
-        <td><progress max="${j.trials}" value="${j.done}"></progress> <span class="small">${j.done}/${j.trials}${j.failed ? `, ${j.failed} failed` : ""}${j.running ? `, ${j.running} running` : ""}</span></td>
-        <td>${esc(j.space)} / ${esc(j.dataset)}</td><td>${esc(j.strategy)}</td>
-        <td>${fmt(j.hypervolume)}</td><td class="small">${bestText(j)}</td></tr>`;
+        <td>${jobBadge(j)}</td>
+        <td>${corrupt ? "\u2014" : `<progress max="${j.trials}" value="${j.done}"></progress> <span class="small">${j.done}/${j.trials}${j.failed ? `, ${j.failed} failed` : ""}${stopped}${j.running ? `, ${j.running} running` : ""}</span>`}</td>
+        <td>${corrupt ? "\u2014" : `${esc(j.space)} / ${esc(j.dataset)}`}</td><td>${esc(j.strategy ?? "")}</td>
+        <td>${corrupt ? "" : fmt(j.hypervolume)}</td><td class="small">${bestText(j)}</td></tr>`;
     }).join("");
     body.onchange = (ev) => {
       const box = ev.target.closest("input.cmp");
@@ -264,14 +279,19 @@ async function showJobs() {
 // one job
 const state = {jobId: null, job: null, trials: [], pareto: null, selected: null, sort: {key: "number", dir: 1}, sig: "",
   decisions: null, importance: null, importanceKey: "", pinned: new Set(), curves: [], curvesKey: "",
-  brush: {}, brushSet: null, where: "", whereSet: null, revealTest: false, heavyAt: 0};
+  brush: {}, brushSet: null, where: "", whereSet: null, revealTest: false, heavyAt: 0,
+  explain: new Map(), explainBusy: new Set()};  // explanation maps: answers by "trial|n"; requests in flight
 
 function resetJobState(id) {
   Object.assign(state, {jobId: id, job: null, trials: [], pareto: null, selected: null, sig: "",
     decisions: null, importance: null, importanceKey: "", pinned: new Set(), curves: [], curvesKey: "",
-    brush: {}, brushSet: null, where: "", whereSet: null, heavyAt: 0, heavyAll: false});
+    brush: {}, brushSet: null, where: "", whereSet: null, heavyAt: 0, heavyAll: false,
+    explain: new Map(), explainBusy: new Set()});
   clearTimeout(heavyTimer);
   $("#view-job").dataset.complete = "";
+  $("#view-job").dataset.corrupt = "";
+  $("#job-corrupt").hidden = true;
+  renderExplain();
   ["pareto", "hv-plot", "time-plot", "parcoords", "curves-plot", "importance-plot", "components-plot"].forEach((p) => Plotly.purge(p));
   $("#axis-x").innerHTML = "";
   $("#curve-metric").innerHTML = "";
@@ -286,9 +306,14 @@ function resetJobState(id) {
 async function showJob(id) {
   if (state.jobId !== id) resetJobState(id);
   try {
-    const [job, page, pareto] = await Promise.all([
-      getJSON(`/jobs/${id}`), getJSON(`/jobs/${id}/trials?limit=10000`), getJSON(`/jobs/${id}/pareto`)]);
+    const job = await getJSON(`/jobs/${id}`);
     if (state.jobId !== id) return;  // the user moved on while we waited
+    if (job.status === "corrupt") {  // its log cannot be read: say which file and why, ask for nothing else
+      showCorrupt(job);
+      return;
+    }
+    const [page, pareto] = await Promise.all([getJSON(`/jobs/${id}/trials?limit=10000`), getJSON(`/jobs/${id}/pareto`)]);
+    if (state.jobId !== id) return;
     const sig = JSON.stringify([job.status, job.done, job.failed, job.running, page.total, pareto.front, page.trials.map((t) => t.status)]);
     state.job = job;
     renderJobHead(job);
@@ -321,16 +346,35 @@ async function showJob(id) {
   }
 }
 
+function showCorrupt(job) {
+  state.job = null;
+  renderJobHead(job);
+  const b = M.jobBadge(job);
+  const v = $("#view-job");
+  v.dataset.corrupt = "1";
+  $("#job-corrupt").hidden = false;
+  $("#job-corrupt-file").textContent = (job.corrupt && job.corrupt.file) || "?";
+  $("#job-corrupt-reason").textContent = (job.corrupt && job.corrupt.reason) || job.message || "";
+  $("#job-corrupt-hint").textContent = (job.corrupt && job.corrupt.hint) || job.message || "";
+  $("#job-corrupt").title = b.title;
+  v.dataset.ready = "1";
+  v.dataset.complete = "1";
+  heard.live = false;
+  renderHeard();
+}
+
 function renderJobHead(job) {
-  $("#job-title").innerHTML = `${esc(job.name || job.id)} ${badge(job.status)}`;
+  $("#job-title").innerHTML = `${esc(job.name || job.id)} ${jobBadge(job)}`;
   $("#job-meta").textContent = `${job.id} \u00b7 space ${job.space} \u00b7 ${job.dataset} \u00b7 strategy ${job.strategy}` +
     (job.message ? ` \u00b7 ${job.message}` : "");
   $("#job-stats").innerHTML = `
     <div><b>${job.done}<small>/${job.trials}</small></b><span>finished</span></div>
     <div><b>${job.running}</b><span>running</span></div>
     <div><b>${job.failed}</b><span>failed</span></div>
+    ${M.jobExtras(job).map((x) => `<div data-key="${esc(x.key)}" title="${esc(x.title)}"><b>${esc(x.value)}</b><span>${esc(x.label)}</span></div>`).join("")}
     <div><b>${fmt(job.hypervolume)}</b><span>hypervolume</span></div>`;
-  $("#cancel-job").disabled = !ACTIVE.has(job.status);
+  $("#cancel-job").disabled = !M.CANCELLABLE_JOB.has(job.status);
+  $("#cancel-job").title = job.status === "cancelling" ? "a cancel was asked; the coordinator is stopping the trials" : "";
   $("#export-knee").disabled = !(job.completed > 0);
   $("#resume-job").disabled = !["failed", "cancelled", "interrupted"].includes(job.status);
   $("#compare-link").href = `#/compare/${job.id}`;
@@ -342,30 +386,35 @@ function metricNames() {
   return [...names];
 }
 
+// the x/y selects of a front plot (job page and compare page): every objective, the defaults chosen
+function fillAxisSelects(x, y, objs) {
+  const opts = objs.map((o) => `<option value="${esc(o.name)}">${esc(o.name)} ${arrow(o)}</option>`).join("");
+  x.innerHTML = opts;
+  y.innerHTML = opts;
+  const d = M.axisDefaults(objs);
+  x.value = d.x;
+  y.value = d.y;
+  return d;
+}
+
+function colourOptions(objs, chosen) {
+  return `<option value="">none</option>` + [...new Set([...objs.map((o) => o.name), ...metricNames()])]
+    .map((n) => `<option${n === chosen ? " selected" : ""}>${esc(n)}</option>`).join("");
+}
+
 function setupAxes(job) {
   const objs = job.objectives;
   const x = $("#axis-x"), y = $("#axis-y"), c = $("#axis-c");
   if (x.options.length) {  // keep the user's choice; only refresh the colour list
-    const keep = c.value;
-    c.innerHTML = `<option value="">none</option>` + [...new Set([...objs.map((o) => o.name), ...metricNames()])]
-      .map((n) => `<option${n === keep ? " selected" : ""}>${esc(n)}</option>`).join("");
+    c.innerHTML = colourOptions(objs, c.value);
     return;
   }
-  const opts = objs.map((o) => `<option value="${esc(o.name)}">${esc(o.name)} ${arrow(o)}</option>`).join("");
-  x.innerHTML = opts;
-  y.innerHTML = opts;
-  const acc = objs.find((o) => o.direction === "max") || objs[0];
-  const cost = objs.find((o) => o !== acc && o.direction === "min") || objs.find((o) => o !== acc) || objs[0];
-  x.value = cost.name;
-  y.value = acc.name;
-  const third = objs.find((o) => o !== acc && o !== cost);
-  c.innerHTML = `<option value="">none</option>` + [...new Set([...objs.map((o) => o.name), ...metricNames()])]
-    .map((n) => `<option${third && n === third.name ? " selected" : ""}>${esc(n)}</option>`).join("");
+  c.innerHTML = colourOptions(objs, fillAxisSelects(x, y, objs).c);
   [x, y, c].forEach((s) => (s.onchange = renderPareto));
 }
 
 const objective = (name) => (state.job.objectives.find((o) => o.name === name) || {name, direction: "max", scale: "linear"});
-const usable = (t) => t.status === "completed" && state.job.objectives.every((o) => isFinite(t.metrics?.[o.name]));
+const usable = (t) => M.usable(t, state.job.objectives);
 const finished = () => state.trials.filter(usable);
 
 // The panels that cost most on a big job (1,000 trials: seconds in a software-rendered WebGL, and fANOVA on
@@ -449,14 +498,15 @@ async function applyWhere(text, quiet = false) {
 
 function hoverText(t) {
   const a = t.architecture || {};
-  const lines = [`<b>trial ${esc(t.trial_id)}</b> (${esc(t.status)})${t.on_front ? " \u2605 front" : ""}`];
+  const lines = [`<b>trial ${esc(t.trial_id)}</b> (${esc(M.trialStatusText(t))})${t.on_front ? " \u2605 front" : ""}`];
   for (const [k, v] of Object.entries(a)) {
     if (k === "components") {
       for (const [g, names] of Object.entries(v || {})) if (names.length) lines.push(`${esc(g)}: ${esc(names.join(", "))}`);
     } else lines.push(`${esc(k)}: ${esc(v)}`);
   }
   lines.push("\u2014");
-  for (const o of state.job.objectives) lines.push(`${esc(o.name)} ${arrow(o)}: ${fmt(t.metrics[o.name])}`);
+  for (const o of state.job.objectives) lines.push(`${esc(o.name)} ${arrow(o)}: ${esc(M.metricText(t, o.name, fmt))}`);
+  for (const line of M.extraLines(t, fmt)) lines.push(esc(line));  // stopped early, image-passes, seeds: when recorded
   if (filterActive() && !passes(t)) lines.push("<i>outside the filter</i>");
   return lines.join("<br>");  // validation metrics only: the test split does not guide the choice
 }
@@ -471,35 +521,59 @@ function front2d(points, ox, oy) {
   return out;
 }
 
+// error bars (+- sd over seeds) on the points of a trace that were re-run with extra seeds; none otherwise
+function withBars(trace, rows, xName, yName, color) {
+  const ex = M.errorBar(rows, xName, color), ey = M.errorBar(rows, yName, color);
+  if (ex) trace.error_x = ex;
+  if (ey) trace.error_y = ey;
+  return trace;
+}
+
 function renderPareto() {
   if (!state.job) return;
   const xName = $("#axis-x").value, yName = $("#axis-y").value, cName = $("#axis-c").value;
   const ox = objective(xName), oy = objective(yName);
+  const v = M.value;  // a re-run trial is drawn at its mean over seeds
   const pts = finished();
+  const stopped = M.stoppedPoints(state.trials, state.job.objectives);  // early, at a rung: hollow, never the front
   const front = pts.filter((t) => t.on_front), dominated = pts.filter((t) => !t.on_front);
-  const cvals = front.map((t) => (cName ? t.metrics[cName] : null));
-  const call = pts.map((t) => t.metrics[cName]).filter((v) => isFinite(v));  // colour range over every finished trial
-  const [cmin, cmax] = call.length ? [Math.min(...call), Math.max(...call)] : [0, 1];
+  const cvals = front.map((t) => (cName ? v(t, cName) : null));
+  const call = pts.map((t) => v(t, cName)).filter((c) => isFinite(c));  // colour range over every finished trial
+  let [cmin, cmax] = call.length ? [Math.min(...call), Math.max(...call)] : [0, 1];
+  if (cmax <= cmin) {  // one value: a range around it (not a nano-wide colour bar), inside the objective's bounds
+    const pad = Math.max(Math.abs(cmin) * 0.05, 0.05);
+    const [lo, hi] = objective(cName).bounds || [-Infinity, Infinity];
+    cmin = Math.max(lo, cmin - pad);
+    cmax = Math.min(hi, cmin + 2 * pad);
+  }
   const dim = (rows, on) => rows.map((t) => (!filterActive() || passes(t) ? on : 0.12));  // outside the filter: greyed
   const traces = [
-    {name: "Pareto front (all objectives)", type: "scatter", mode: "markers", meta: "trials",
-      x: front.map((t) => t.metrics[xName]), y: front.map((t) => t.metrics[yName]),
+    withBars({name: "Pareto front (all objectives)", type: "scatter", mode: "markers", meta: "trials",
+      x: front.map((t) => v(t, xName)), y: front.map((t) => v(t, yName)),
       customdata: front.map((t) => t.trial_id), text: front.map(hoverText), hovertemplate: "%{text}<extra></extra>",
       marker: Object.assign({size: 12, opacity: dim(front, 1), line: {width: 1, color: "#1b2a3a"}},
-        cName ? {color: cvals, colorscale: "Viridis", cmin, cmax: cmax > cmin ? cmax : cmin + 1e-9, showscale: true,
-          colorbar: {title: {text: cName}, thickness: 12}} : {color: "#1f77b4"})},
-    {name: "dominated", type: "scatter", mode: "markers", meta: "trials",
-      x: dominated.map((t) => t.metrics[xName]), y: dominated.map((t) => t.metrics[yName]),
+        cName ? {color: cvals, colorscale: "Viridis", cmin, cmax, showscale: true,
+          colorbar: {title: {text: cName}, thickness: 12}} : {color: "#1f77b4"})}, front, xName, yName, "#1b2a3a"),
+    withBars({name: "dominated", type: "scatter", mode: "markers", meta: "trials",
+      x: dominated.map((t) => v(t, xName)), y: dominated.map((t) => v(t, yName)),
       customdata: dominated.map((t) => t.trial_id), text: dominated.map(hoverText), hovertemplate: "%{text}<extra></extra>",
       marker: {size: 9, opacity: dim(dominated, 0.9), color: "rgba(150,150,150,0.6)", line: {width: 1, color: "rgba(110,110,110,0.8)"}}},
+    dominated, xName, yName, "rgba(110,110,110,0.8)"),
   ];
-  const stair = front2d(pts.map((t) => ({x: t.metrics[xName], y: t.metrics[yName]})), ox, oy);
+  if (stopped.length) {
+    traces.push({name: "stopped early (its rung's metrics)", type: "scatter", mode: "markers", meta: "stopped",
+      x: stopped.map((t) => v(t, xName)), y: stopped.map((t) => v(t, yName)),
+      customdata: stopped.map((t) => t.trial_id), text: stopped.map(hoverText), hovertemplate: "%{text}<extra></extra>",
+      marker: {size: stopped.map((t) => (t.on_front ? 13 : 10)), symbol: "diamond-open", opacity: dim(stopped, 0.9),
+        color: M.STATUS_COLOR.stopped, line: {width: stopped.map((t) => (t.on_front ? 3 : 2))}}});
+  }
+  const stair = front2d(pts.concat(stopped.filter((t) => t.on_front)).map((t) => ({x: v(t, xName), y: v(t, yName)})), ox, oy);
   traces.push({name: `front of ${xName} vs ${yName}`, type: "scatter", mode: "lines", hoverinfo: "skip",
     x: stair.map((p) => p.x), y: stair.map((p) => p.y), line: {shape: "hv", dash: "dot", color: "#1f77b4", width: 1}});
-  const sel = pts.find((t) => t.trial_id === state.selected);
+  const sel = pts.concat(stopped).find((t) => t.trial_id === state.selected);
   if (sel) {
     traces.push({name: "selected", type: "scatter", mode: "markers", hoverinfo: "skip",
-      x: [sel.metrics[xName]], y: [sel.metrics[yName]],
+      x: [v(sel, xName)], y: [v(sel, yName)],
       marker: {size: 22, color: "rgba(0,0,0,0)", line: {width: 3, color: "#d62728"}}});
   }
   const layout = {
@@ -522,7 +596,13 @@ function renderPareto() {
       if (ev.event && ev.event.shiftKey) togglePin(p.customdata); else select(p.customdata);
     });
   }
-  $("#pareto-note").textContent = `${pts.length} finished trial(s), ${front.length} on the front; grey = dominated`;
+  const repeated = front.filter((t) => M.sdOf(t, xName) !== null || M.sdOf(t, yName) !== null).length;
+  $("#pareto-note").textContent = `${pts.length} finished trial(s), ${front.length} on the front; grey = dominated` +
+    (stopped.length ? `; ${stopped.length} stopped early (hollow diamonds: the metrics of their rung)` : "") +
+    (repeated ? `; bars: \u00b1 sd over seeds (${repeated} re-run front trial(s))` : "");
+  const reruns = state.trials.filter((t) => t.repeat_of).length;
+  if (reruns) $("#pareto-note").textContent += `; ${reruns} re-run(s) with other seeds folded into their trial's mean`;
+  div.dataset.stopped = String(stopped.length);
 }
 
 function renderHypervolume() {
@@ -539,12 +619,11 @@ function renderHypervolume() {
 function renderTimeline() {
   // one segment per trial, from its start to its end (running trials: to now), at y = its number
   const now = new Date().toISOString();
-  const colors = {completed: "#1f77b4", failed: "#d62728", preempted: "#ff7f0e", running: "#2ca02c"};
-  const traces = Object.entries(colors).map(([s, color]) => {
+  const traces = Object.entries(M.STATUS_COLOR).map(([s, color]) => {
     const rows = state.trials.filter((t) => t.status === s && t.started);
     const x = [], y = [], text = [];
     for (const t of rows) {
-      const tip = `trial ${t.trial_id} (${s})` + (t.wall_time_s ? `<br>${t.wall_time_s.toFixed(1)} s` : "");
+      const tip = `trial ${esc(t.trial_id)} (${esc(M.trialStatusText(t))})` + (t.wall_time_s ? `<br>${t.wall_time_s.toFixed(1)} s` : "");
       x.push(t.started, t.finished || now, null);
       y.push(t.number, t.number, null);
       text.push(tip, tip, null);
@@ -565,8 +644,11 @@ function testNames() {  // objectives the test split reports, shown only behind 
 }
 
 function columns() {
-  const objs = state.job.objectives.map((o) => ({key: "m:" + o.name, label: `${o.name} ${arrow(o)}`, get: (t) => t.metrics?.[o.name]}));
+  const objs = state.job.objectives.map((o) => ({key: "m:" + o.name, label: `${o.name} ${arrow(o)}`, get: (t) => M.value(t, o.name),
+    show: (t) => M.metricText(t, o.name, fmt)}));  // mean +- sd for a trial re-run with extra seeds
   const test = state.revealTest ? testNames().map((n) => ({key: "t:" + n, label: `test ${n}`, cls: "test", get: (t) => t.test_metrics?.[n]})) : [];
+  const passCol = state.trials.some((t) => typeof t.image_passes === "number")  // early stopping's cost accounting, when recorded
+    ? [{key: "image_passes", label: "image passes", get: (t) => t.image_passes}] : [];
   return [
     {key: "number", label: "#", get: (t) => t.number},
     {key: "trial_id", label: "trial", get: (t) => t.trial_id},
@@ -575,6 +657,7 @@ function columns() {
     ...objs,
     {key: "arch", label: "architecture", get: (t) => archSummary(t.architecture)},
     {key: "wall", label: "time (s)", get: (t) => t.wall_time_s},
+    ...passCol,
     ...test,
     {key: "pin", label: "curve", get: (t) => (state.pinned.has(t.trial_id) ? 1 : 0)},
   ];
@@ -595,16 +678,26 @@ function renderTable() {
   const epochs = state.job.spec?.budget?.epochs ?? "?";
   $("#trials-table thead").innerHTML = "<tr>" + cols.map((c) =>
     `<th data-key="${esc(c.key)}" class="${c.cls || ""}" aria-sort="${c.key === key ? (dir > 0 ? "ascending" : "descending") : "none"}">${esc(c.label)}</th>`).join("") + "</tr>";
+  const focused = document.activeElement && document.activeElement.closest ? document.activeElement.closest("#trials-table tbody tr") : null;
   $("#trials-table tbody").innerHTML = rows.map((t) => {
     const cls = [t.trial_id === state.selected ? "selected" : "", active ? (passes(t) && usable(t) ? "hl" : "out") : ""].join(" ").trim();
-    return `<tr data-trial="${esc(t.trial_id)}" class="${cls}">` + cols.map((c) => {
+    // a row is a keyboard stop: Enter or Space selects it (its maps, curves and details)
+    return `<tr data-trial="${esc(t.trial_id)}" class="${cls}" tabindex="0"${t.trial_id === state.selected ? ' aria-current="true"' : ""}>` + cols.map((c) => {
       const v = c.get(t);
-      if (c.key === "status") return `<td>${badge(v)}${v === "running" ? ` <span class="muted small epochs">epoch ${t.epochs_done}/${epochs}</span>` : ""}${t.reason ? ` <span class="muted small" title="${esc(t.reason)}">${esc(t.reason.split("\n")[0].slice(0, 60))}</span>` : ""}</td>`;
+      if (c.key === "status") {
+        return `<td>${badge(v, t)}${v === "running" ? ` <span class="muted small epochs">epoch ${t.epochs_done}/${epochs}</span>` : ""}` +
+          (t.repeat_of ? ` <span class="muted small">repeat of ${esc(t.repeat_of)}</span>` : "") +
+          `${t.reason ? ` <span class="muted small" title="${esc(t.reason)}">${esc(t.reason.split("\n")[0].slice(0, 60))}</span>` : ""}</td>`;
+      }
       if (c.key === "on_front") return `<td>${v ? "\u2605" : ""}</td>`;
       if (c.key === "pin") return `<td><input type="checkbox" class="pin" data-trial="${esc(t.trial_id)}"${v ? " checked" : ""} aria-label="overlay the curve of ${esc(t.trial_id)}"></td>`;
-      return `<td class="${c.cls || ""}">${esc(fmt(v))}</td>`;
+      return `<td class="${c.cls || ""}">${esc(c.show ? c.show(t) : fmt(v))}</td>`;
     }).join("") + "</tr>";
   }).join("");
+  if (focused) {  // the rows were redrawn: keep the keyboard where it was
+    const again = [...$("#trials-table tbody").rows].find((r) => r.dataset.trial === focused.dataset.trial);
+    if (again) again.focus();
+  }
   const hl = active ? rows.filter((t) => passes(t) && usable(t)).length : 0;
   $("#trials-count").textContent = `${state.trials.length} trial(s)` + (active ? `, ${hl} inside the filter` : "");
   $("#trials-table").dataset.highlighted = String(hl);
@@ -619,6 +712,13 @@ function renderTable() {
     if (pin) { togglePin(pin.dataset.trial, pin.checked); return; }
     const tr = ev.target.closest("tr");
     if (tr) select(tr.dataset.trial);
+  };
+  $("#trials-table tbody").onkeydown = (ev) => {
+    if (ev.key !== "Enter" && ev.key !== " ") return;
+    const tr = ev.target.closest("tr");
+    if (!tr || ev.target !== tr) return;  // a tick box handles its own keys
+    ev.preventDefault();
+    select(tr.dataset.trial);
   };
 }
 
@@ -640,19 +740,117 @@ function togglePin(trialId, on) {
 function renderSelected() {
   const t = state.trials.find((x) => x.trial_id === state.selected);
   $("#export-selected").disabled = !(t && t.status === "completed");
+  renderExplain();
   if (!t) {
     $("#selected-body").innerHTML = "Click a point in the plot or a row in the table.";
     return;
   }
   const test = state.revealTest;
-  const metricRows = Object.entries(t.metrics || {}).map(([k, v]) =>
-    `<tr><td>${esc(k)}</td><td>${esc(fmt(v))}</td>${test ? `<td class="test">${esc(fmt(t.test_metrics?.[k]))}</td>` : ""}</tr>`).join("");
+  const metricRows = Object.keys(t.metrics || {}).map((k) =>
+    `<tr><td>${esc(k)}</td><td>${esc(M.metricText(t, k, fmt))}</td>${test ? `<td class="test">${esc(fmt(t.test_metrics?.[k]))}</td>` : ""}</tr>`).join("");
+  const extra = M.extraLines(t, fmt);  // stopped early at epoch N, image-passes, seeds: when recorded
   $("#selected-body").innerHTML = `
-    <p><b>trial ${esc(t.trial_id)}</b> ${badge(t.status)} ${t.on_front ? "\u2605 on the Pareto front" : ""}</p>
+    <p><b>trial ${esc(t.trial_id)}</b> ${badge(t.status, t)} ${t.on_front ? "\u2605 on the Pareto front" : ""}</p>
+    ${extra.length ? `<ul class="small selected-extra">${extra.map((l) => `<li>${esc(l)}</li>`).join("")}</ul>` : ""}
     <pre class="arch">${esc(JSON.stringify(t.architecture, null, 1))}</pre>
     <table class="data compact"><thead><tr><th>metric</th><th>validation</th>${test ? '<th class="test">test</th>' : ""}</tr></thead><tbody>${metricRows}</tbody></table>
     ${test ? "" : '<p class="hint small">Test-split metrics appear once you export this trial, or with \u201cshow test-split metrics\u201d below the table.</p>'}`;
   $("#selected-body").dataset.trial = t.trial_id;
+}
+
+// --- explanation maps of the selected trial (GET /jobs/{id}/trials/{trial}/explanations) ----------------------
+// Built on the server from the trial's export bundle the first time (seconds of CPU), cached there after; asked
+// for with the "Show maps" button so that clicking through trials never queues builds. Answers kept per
+// (trial, number of images) while the page shows the job; a refusal is kept only while the trial's status holds.
+const explainKey = (trialId, n) => `${trialId}|${n}`;
+const explainN = () => Number($("#explain-n").value) || 4;
+
+let explainShown = "";  // what the panel shows now: a poll that changes nothing redraws nothing (no image flicker)
+function setExplain(kind, html) {
+  const body = $("#explain-body");
+  if (explainShown === kind + html && body.dataset.state === kind) return;
+  explainShown = kind + html;
+  body.dataset.state = kind;
+  body.setAttribute("aria-busy", String(kind === "loading"));
+  body.innerHTML = html;
+}
+
+function renderExplain() {
+  const t = state.trials.find((x) => x.trial_id === state.selected);
+  const button = $("#explain-load");
+  $("#explain-trial").textContent = t ? `trial ${t.trial_id}` : "";
+  if (!t) {
+    button.disabled = true;
+    setExplain("idle", `<p class="muted">Select a trial (a point of the plot, or a row of the table: Tab to it and press Enter)
+      to see where its prompt makes the model look.</p>`);
+    return;
+  }
+  const n = explainN();
+  const key = explainKey(t.trial_id, n);
+  const got = state.explain.get(key);
+  const busy = state.explainBusy.has(key);
+  button.disabled = busy || !!(got && got.data);
+  if (busy) {
+    setExplain("loading", `<p class="loading">Building the maps of trial ${esc(t.trial_id)} on the server: its export bundle,
+      then Grad-CAM${t.architecture?.module === "token" ? " and attention" : ""} on ${n} validation image(s). A few seconds the first time;
+      cached after.</p>`);
+    return;
+  }
+  if (got && got.data) { renderMaps(got.data); return; }
+  if (got && got.problem && got.status === t.status) { setExplain(got.problem.kind, problemHtml(got.problem)); return; }
+  const note = t.status === "completed" ? "" : ` It is ${esc(M.trialStatusText(t))}: only a completed trial with saved weights has maps.`;
+  setExplain("ready", `<p class="muted">Maps of ${n} validation image(s) for trial ${esc(t.trial_id)}: not loaded yet.${note}
+    <b>Show maps</b> builds them from the trial's export bundle on the server (a few seconds of CPU the first time; cached after).</p>`);
+}
+
+function problemHtml(p) {
+  return `<div class="explain-problem ${esc(p.kind)}">
+    <p><b>${esc(p.title)}</b></p>
+    <p class="reason">The server says: <span class="why">${esc(p.reason)}</span></p>
+    ${p.how ? `<p class="small">${esc(p.how)}</p><pre class="cli"><code>${esc(p.cli)}</code></pre>` : ""}
+    ${p.retry ? '<p class="small">Show maps asks again.</p>' : ""}</div>`;
+}
+
+function renderMaps(d) {
+  const examples = d.examples || [];
+  if (!examples.length) {
+    setExplain("empty", `<p>The export bundle of trial ${esc(d.trial_id)} has no example maps: the server could not read the
+      job's validation images (its dataset is not where the job says). <code>promptsearch explain BUNDLE IMAGE&hellip;</code>
+      makes them for images of your own.</p>`);
+    return;
+  }
+  const names = M.mapOrder(d.map_names || []);
+  const fig = (png, alt, caption, cls) =>
+    `<figure class="${cls}"><img src="${M.pngSrc(png)}" alt="${esc(alt)}" title="${esc(alt)}"><figcaption>${esc(caption)}</figcaption></figure>`;
+  const prompt = d.pixel_prompt
+    ? fig(d.pixel_prompt, `the learned pixel prompt of trial ${d.trial_id} (grey: unchanged; scaled to its largest change)`, "learned pixel prompt", "prompt") : "";
+  const rows = examples.map((e) => `<li class="explain-example" data-image="${esc(e.image)}">
+      <p class="small caption">${esc(M.exampleCaption(e, fmt))}</p>
+      <div class="explain-row">${e.input ? fig(e.input, `${e.image}: the validation image`, "image", "input") : ""}` +
+      names.filter((k) => e.maps && e.maps[k]).map((k) => fig(e.maps[k], `${e.image}: ${M.mapLabel(k)} over the image`, M.mapLabel(k), "map")).join("") +
+      "</div></li>").join("");
+  setExplain("maps", `<p class="small muted">${esc(d.module)} prompt on ${esc(d.backbone)} &middot; classes ${esc((d.classes || []).join(", "))}
+      &middot; overlays: warm colours mark what the prediction rests on most. Validation images only (never the test split).</p>
+    <div class="explain-grid">${prompt ? `<div class="explain-prompt">${prompt}</div>` : ""}<ol class="explain-examples">${rows}</ol></div>`);
+}
+
+async function loadExplain() {
+  const t = state.trials.find((x) => x.trial_id === state.selected);
+  if (!t) return;
+  const jobId = state.jobId, n = explainN(), key = explainKey(t.trial_id, n);
+  if (state.explainBusy.has(key)) return;
+  const busy = state.explainBusy, cache = state.explain;  // this job's: a new job page gets new ones
+  busy.add(key);
+  renderExplain();
+  try {
+    const data = await getJSON(`/jobs/${jobId}/trials/${encodeURIComponent(t.trial_id)}/explanations?examples=${n}`);
+    cache.set(key, {data});
+  } catch (e) {
+    cache.set(key, {problem: M.explainProblem(e, jobId, t.trial_id), status: t.status});
+  } finally {
+    busy.delete(key);
+  }
+  if (state.jobId === jobId) renderExplain();
 }
 
 // --- learning curves ---------------------------------------------------------------------------------
@@ -687,16 +885,16 @@ function renderCurves() {
   sel.onchange = renderCurves;
   const metric = sel.value || want;
   const epochs = state.job?.spec?.budget?.epochs;
-  const dash = {completed: "solid", running: "dot", failed: "dash", preempted: "dashdot"};
-  const endSymbol = {completed: "circle", running: "circle-open", failed: "x", preempted: "square-open"};
+  // the trial's record (rung, epochs) with the curve's own, fresher status
+  const rec = (c) => Object.assign({}, state.trials.find((x) => x.trial_id === c.trial_id), {status: c.status});
   const traces = state.curves.map((c, i) => {
     const color = c.status === "failed" ? "#d62728" : PALETTE[i % PALETTE.length];
     const hist = c.history.filter((h) => h[metric] !== null && h[metric] !== undefined);
-    const label = `${c.trial_id} (${statusWord[c.status] || c.status}${c.status === "running" ? `, epoch ${c.epochs_done}/${epochs ?? "?"}` : ""})`;
+    const label = `${c.trial_id} (${M.trialStatusText(rec(c))}${c.status === "running" ? `, epoch ${c.epochs_done}/${epochs ?? "?"}` : ""})`;
     return {name: label, type: "scatter", mode: "lines+markers", meta: c.status, x: hist.map((h) => h.epoch), y: hist.map((h) => h[metric]),
-      line: {color, dash: dash[c.status] || "solid", width: c.trial_id === state.selected ? 3 : 2},
+      line: {color, dash: M.CURVE_DASH[c.status] || "solid", width: c.trial_id === state.selected ? 3 : 2},
       marker: {color, size: hist.map((_, k) => (k === hist.length - 1 ? 10 : 5)),
-        symbol: hist.map((_, k) => (k === hist.length - 1 ? endSymbol[c.status] || "circle" : "circle"))},
+        symbol: hist.map((_, k) => (k === hist.length - 1 ? M.CURVE_END[c.status] || "circle" : "circle"))},
       hovertemplate: `${esc(c.trial_id)} ${esc(c.status)}<br>epoch %{x}: ${esc(metric)} %{y:.4g}<extra></extra>`};
   });
   const empty = state.curves.filter((c) => !c.history.length);
@@ -711,7 +909,7 @@ function renderCurves() {
     const color = c.status === "failed" ? "#d62728" : PALETTE[i % PALETTE.length];
     const why = c.reason ? ` <span class="muted" title="${esc(c.reason)}">${esc(c.reason.split("\n")[0].slice(0, 70))}</span>` : "";
     return `<li data-trial="${esc(c.trial_id)}" data-status="${esc(c.status)}" data-epochs="${c.epochs_done}">
-      <span class="swatch" style="border-color:${color}"></span>${esc(c.trial_id)} ${badge(statusWord[c.status] || c.status)}
+      <span class="swatch" style="border-color:${color}"></span>${esc(c.trial_id)} ${badge(c.status, rec(c))}
       ${c.epochs_done}${epochs ? "/" + epochs : ""} epoch(s)${why}</li>`;
   }).join("");
   $("#curves-clear").onclick = () => { state.pinned.clear(); renderTable(); loadCurves(); };
@@ -734,7 +932,7 @@ function parcoordsDims(pts) {
   }
   for (const o of state.job.objectives) {
     const log = o.scale === "log";
-    const values = pts.map((t) => (log ? Math.log10(Math.max(t.metrics[o.name], 1e-12)) : t.metrics[o.name]));
+    const values = pts.map((t) => (log ? Math.log10(Math.max(M.value(t, o.name), 1e-12)) : M.value(t, o.name)));
     const dim = {label: `${o.name} ${arrow(o)}${log ? " (log10)" : ""}`, values};
     if (log && values.length) {
       const lo = Math.floor(Math.min(...values)), hi = Math.ceil(Math.max(...values));
@@ -928,7 +1126,7 @@ function renderCompareChooser() {
       const other = first && j.space_hash !== first.space_hash;
       return `<label class="${other ? "other" : ""}" title="${other ? "a different search space: not comparable" : ""}">
         <input type="checkbox" data-job="${esc(j.id)}"${cmp.ids.includes(j.id) ? " checked" : ""}${other ? " disabled" : ""}>
-        ${esc(j.name || j.id)} <span class="muted small">${esc(j.id)} \u00b7 ${esc(j.strategy)} \u00b7 ${j.done} done</span> ${badge(j.status)}</label>`;
+        ${esc(j.name || j.id)} <span class="muted small">${esc(j.id)} \u00b7 ${esc(j.strategy)} \u00b7 ${j.done} done</span> ${jobBadge(j)}</label>`;
     }).join("")).join("");
   $("#compare-jobs").onchange = (ev) => {
     const ids = [...document.querySelectorAll("#compare-jobs input:checked")].map((b) => b.dataset.job);
@@ -941,29 +1139,24 @@ function renderCompare() {
   const objs = d.objectives;
   const x = $("#cmp-x"), y = $("#cmp-y");
   if (!x.options.length || [...x.options].map((o) => o.value).join() !== objs.map((o) => o.name).join()) {
-    const opts = objs.map((o) => `<option value="${esc(o.name)}">${esc(o.name)} ${arrow(o)}</option>`).join("");
-    x.innerHTML = opts;
-    y.innerHTML = opts;
-    const acc = objs.find((o) => o.direction === "max") || objs[0];
-    const cost = objs.find((o) => o !== acc && o.direction === "min") || objs.find((o) => o !== acc) || objs[0];
-    x.value = cost.name;
-    y.value = acc.name;
+    fillAxisSelects(x, y, objs);
   }
   x.onchange = y.onchange = renderCompare;
   const ox = objs.find((o) => o.name === x.value), oy = objs.find((o) => o.name === y.value);
   const traces = [];
   d.jobs.forEach((j, i) => {
     const color = PALETTE[i % PALETTE.length];
-    const front = j.trials.filter((t) => t.on_front), rest = j.trials.filter((t) => !t.on_front);
+    const shown = j.trials.filter((t) => !t.repeat_of);  // a re-run seed is inside its trial's mean +- sd
+    const front = shown.filter((t) => t.on_front), rest = shown.filter((t) => !t.on_front);
     const tip = (t) => `<b>${esc(j.name || j.id)}</b> ${esc(t.trial_id)}${t.on_front ? " \u2605" : ""}<br>` +
-      objs.map((o) => `${esc(o.name)}: ${fmt(t.metrics[o.name])}`).join("<br>");
-    traces.push({name: `${j.name || j.id}: front (${front.length})`, legendgroup: j.id, type: "scatter", mode: "markers", meta: j.id,
-      x: front.map((t) => t.metrics[ox.name]), y: front.map((t) => t.metrics[oy.name]), text: front.map(tip),
-      hovertemplate: "%{text}<extra></extra>", marker: {size: 12, color, line: {width: 1, color: "#1b2a3a"}}});
+      objs.map((o) => `${esc(o.name)}: ${esc(M.metricText(t, o.name, fmt))}`).join("<br>");
+    traces.push(withBars({name: `${j.name || j.id}: front (${front.length})`, legendgroup: j.id, type: "scatter", mode: "markers", meta: j.id,
+      x: front.map((t) => M.value(t, ox.name)), y: front.map((t) => M.value(t, oy.name)), text: front.map(tip),
+      hovertemplate: "%{text}<extra></extra>", marker: {size: 12, color, line: {width: 1, color: "#1b2a3a"}}}, front, ox.name, oy.name, color));
     traces.push({name: `${j.name || j.id}: other trials`, legendgroup: j.id, type: "scatter", mode: "markers", showlegend: false,
-      x: rest.map((t) => t.metrics[ox.name]), y: rest.map((t) => t.metrics[oy.name]), text: rest.map(tip),
+      x: rest.map((t) => M.value(t, ox.name)), y: rest.map((t) => M.value(t, oy.name)), text: rest.map(tip),
       hovertemplate: "%{text}<extra></extra>", marker: {size: 7, color, opacity: 0.35}});
-    const stair = front2d(j.trials.map((t) => ({x: t.metrics[ox.name], y: t.metrics[oy.name]})), ox, oy);
+    const stair = front2d(shown.map((t) => ({x: M.value(t, ox.name), y: M.value(t, oy.name)})), ox, oy);
     traces.push({name: `${j.name || j.id}: 2-D front`, legendgroup: j.id, type: "scatter", mode: "lines", showlegend: false, hoverinfo: "skip",
       x: stair.map((p) => p.x), y: stair.map((p) => p.y), line: {shape: "hv", dash: "dot", color, width: 1.5}});
   });
@@ -980,7 +1173,7 @@ function renderCompare() {
   $("#compare-table thead").innerHTML = "<tr><th>job</th><th>strategy</th><th>status</th><th>finished</th><th>front</th><th>hypervolume</th></tr>";
   $("#compare-table tbody").innerHTML = d.jobs.map((j, i) => `<tr data-job="${esc(j.id)}">
     <td><span class="swatch" style="display:inline-block;width:10px;height:10px;background:${PALETTE[i % PALETTE.length]}"></span>
-      <a href="#/jobs/${esc(j.id)}">${esc(j.name || j.id)}</a></td><td>${esc(j.strategy)}</td><td>${badge(j.status)}</td>
+      <a href="#/jobs/${esc(j.id)}">${esc(j.name || j.id)}</a></td><td>${esc(j.strategy)}</td><td>${jobBadge(j)}</td>
     <td>${j.trials.length}</td><td>${j.front.length}</td><td>${fmt(j.hypervolume)}</td></tr>`).join("");
 }
 
@@ -989,6 +1182,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#submit-form").addEventListener("submit", submitJob);
   $("#export-selected").onclick = () => state.selected && exportBundle("trial=" + state.selected);
   $("#export-knee").onclick = () => exportBundle("knee");
+  $("#explain-load").onclick = loadExplain;
+  $("#explain-n").onchange = renderExplain;
   $("#cancel-job").onclick = () => jobAction("cancel");
   $("#resume-job").onclick = () => jobAction("resume");
   $("#download-csv").onclick = () => downloadTrials("csv");
