@@ -320,7 +320,7 @@ def trial_rows(static: dict[str, Any], records: list[dict[str, Any]]) -> list[Tr
     these with the job's replayed log and makes them again only when the log changed."""
     from ..objectives import Objective
 
-    return trial_views(records, [Objective(**o) for o in static["objectives"]])
+    return trial_views(records, [Objective(**o) for o in static["objectives"]], static.get("front_stopped", False))
 
 
 def _remove(paths: list[Path]) -> None:

@@ -183,7 +183,7 @@ class _TrialCache:
 _trial_cache = _TrialCache(PAGE_CACHE_JOBS)
 
 
-def _replayed(store: JobStore, objectives: list[dict[str, Any]]) -> _Replayed:
+def _replayed(store: JobStore, static: dict[str, Any]) -> _Replayed:
     """The job's whole log replayed (every trial record): the cached replay plus what was appended
     since, or the log read again from its start (a new job, one ``repair`` replaced, damage)."""
     key = store.dir.resolve()
@@ -194,7 +194,7 @@ def _replayed(store: JobStore, objectives: list[dict[str, Any]]) -> _Replayed:
                 return item
         _trial_cache.drop(key)
     before = os.stat(store.path(LOG))
-    view, end = store.replay(objectives)  # raises CorruptJob, naming the file and the line
+    view, end = store.replay(static["objectives"], front_stopped=static.get("front_stopped", False))  # or CorruptJob
     with open(store.path(LOG), "rb") as f:
         after = os.fstat(f.fileno())
         data = f.read(end)
@@ -253,7 +253,7 @@ def trial_page(workspace: Workspace | str | Path | None, job_id: str, offset: in
     if store.legacy:  # an old-format job: its state.json, read whole (they were small)
         records = store.read_trials()
         return _page(records, rows(static, records) if rows else None, offset, limit, status)
-    item = _replayed(store, static["objectives"])
+    item = _replayed(store, static)
     with item.lock:  # the records are the cache's own: nothing reads them while a catch-up changes them
         records = list(item.view.trials.values())
         made = None
