@@ -130,6 +130,41 @@ def test_state_round_trip(name, space):
     assert json.dumps(s.state_dict()) == json.dumps(r.state_dict())
 
 
+@pytest.mark.parametrize("learn", [True, False], ids=["learn_stopped", "ignore_stopped"])
+@pytest.mark.parametrize("name", NAMES)
+def test_stopped_results_keep_the_contract(name, space, learn):
+    """Trials the job's scheduler stopped early (``status: stopped``, lower metrics at a rung),
+    asked ahead and told out of order: proposals stay valid and unrepeated, the state round-trips
+    (whole, and without history as the search loop saves it), and ``learn_stopped`` decides
+    whether they are learned from."""
+    def stopped(c):
+        m = metrics_of(c.genome)
+        return TrialResult(candidate=c.to_json(), status="stopped", rung=1, metrics={**m, "auc": m["auc"] - 0.1})
+
+    s = make_strategy(name, space, seed=2, learn_stopped=learn)
+    events, seen = [], []
+    for k in range(4):
+        batch = [s.ask() for _ in range(3)]
+        for c in batch:
+            events.append(("ask", list(c.genome), c.key))
+        seen += [c.genome for c in batch]
+        for i, c in enumerate(reversed(batch)):
+            r = stopped(c) if (k + i) % 2 == 0 else result(c)
+            s.tell(c.key, r)
+            events.append(("tell", c.key, r.model_dump()))
+    assert all(space.is_valid(g) for g in seen) and len(set(seen)) == len(seen) and not s.pending
+    n_stopped = sum(1 for e in events if e[0] == "tell" and e[2]["status"] == "stopped")
+    assert len(s.told) == (12 if learn else 12 - n_stopped)
+    assert all(o.ok for o in s.told)  # a stopped result is usable (its rung metrics), never a failure
+    whole = make_strategy(name, space, seed=2, learn_stopped=learn)
+    whole.load_state_dict(json.loads(json.dumps(s.state_dict(), allow_nan=False)))
+    bare = make_strategy(name, space, seed=2, learn_stopped=learn)
+    bare.load_state_dict(json.loads(json.dumps(s.state_dict(history=False))), history=events)
+    nxt = drive(s, 4, ahead=2)
+    assert drive(whole, 4, ahead=2) == nxt and drive(bare, 4, ahead=2) == nxt
+    assert not set(nxt) & set(seen)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_state_from_another_strategy_or_space_is_refused(name):
     medical, pixel = load_space("medical"), load_space("pixel")

@@ -171,11 +171,17 @@ class Strategy(ABC):
         if candidate_id not in self.pending:
             raise StrategyError(f"candidate id {candidate_id!r} was not asked of this {self.name} strategy "
                                 f"(or its state was not restored)")
-        if _stopped(result) and not self.learn_stopped:
-            del self.pending[candidate_id]  # asked and answered: never proposed again, nothing learned
-            self._told_keys.add(candidate_id)
+        if stopped_result(result) and not self.learn_stopped:
+            self._ignore(candidate_id)
             return
         self._record(candidate_id, self.observation(self.pending[candidate_id], result))
+
+    def _ignore(self, candidate_id: str) -> None:
+        """A stopped trial with ``learn_stopped=False``: asked and answered (never proposed again),
+        nothing learned; the strategy's :meth:`_ignored` closes whatever it keeps for the ask."""
+        genome = self.pending.pop(candidate_id)
+        self._told_keys.add(candidate_id)
+        self._ignored(genome)
 
     def _record(self, candidate_id: str, obs: Observation) -> None:
         del self.pending[candidate_id]
@@ -245,7 +251,7 @@ class Strategy(ABC):
                 if event[1] not in self.pending:
                     raise StrategyError(f"history tells {event[1]!r}, which it never asked")
                 genome = self.pending.pop(event[1])
-                if self.learn_stopped or not _stopped(event[2]):
+                if self.learn_stopped or not stopped_result(event[2]):
                     told.append((genome, event[2]))
                 self._told_keys.add(event[1])
         self.told = self.observations(told)
@@ -274,6 +280,9 @@ class Strategy(ABC):
 
     def _observe(self, obs: Observation) -> None:
         """Learn from one told result (default: nothing)."""
+
+    def _ignored(self, genome: Genome) -> None:
+        """An asked genome whose stopped result is not learned from (default: nothing)."""
 
     def _rejected(self, genome: Genome) -> None:
         """A proposal that repeats an asked genome (default: nothing)."""
@@ -315,14 +324,14 @@ class Strategy(ABC):
         return len(self.asked) >= self._size
 
 
-def _stopped(result: Any) -> bool:
+def stopped_result(result: Any) -> bool:
     status = result.get("status") if isinstance(result, Mapping) else getattr(result, "status", None)
     return status == "stopped"
 
 
 def _as_completed(result: Any) -> Any:
     """A stopped result as a (low-fidelity) completed one: its rung metrics are what it measured."""
-    if not _stopped(result):
+    if not stopped_result(result):
         return result
     metrics = result.get("metrics") if isinstance(result, Mapping) else result.metrics
     return {"status": "completed", "metrics": metrics or {}}

@@ -37,7 +37,7 @@ from optuna.trial import TrialState
 
 from ..registry import Registry
 from ..space import Candidate
-from .base import STRATEGIES, Genome, Observation, Strategy, StrategyError
+from .base import STRATEGIES, Genome, Observation, Strategy, StrategyError, stopped_result
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -136,6 +136,11 @@ class OptunaStrategy(Strategy):
             self.study.tell(number, state=TrialState.FAIL)
         self.events.append(obs.to_json())
 
+    def _ignored(self, genome: Genome) -> None:
+        """A stopped trial not learned from: Optuna's trial ends PRUNED (its samplers skip those)."""
+        self.study.tell(self._trial_of.pop(genome), state=TrialState.PRUNED)
+        self.events.append({"ignored": list(genome)})
+
     # --- state: the seed and the event log, replayed ---------------------------------------------
     def _state(self) -> dict[str, Any]:
         return {"sampler": self.sampler_name, "events": list(self.events)}
@@ -174,12 +179,17 @@ class OptunaStrategy(Strategy):
         told = iter(self.told)
         self.events = []
         seen: set[str] = set()
+        genome_of: dict[str, list[int]] = {}
         for e in history:  # the same order of asks and observations as ask/tell appended them
             if e[0] == "ask":
                 self.events.append("ask")
+                genome_of[e[2]] = [int(x) for x in e[1]]
             elif e[1] not in seen:
                 seen.add(e[1])
-                self.events.append(next(told).to_json())
+                if not self.learn_stopped and stopped_result(e[2]):
+                    self.events.append({"ignored": genome_of[e[1]]})
+                else:
+                    self.events.append(next(told).to_json())
 
     def load_state_dict(self, state: Mapping[str, Any], history: Iterable[Sequence[Any]] | None = None) -> None:
         if "asked" not in state:  # saved without history: the study itself, no replay
@@ -192,6 +202,8 @@ class OptunaStrategy(Strategy):
         for event in state["own"]["events"]:
             if event == "ask":
                 fresh.ask()
+            elif "ignored" in event:
+                fresh._ignore(self.space.candidate(event["ignored"]).key)
             else:
                 obs = Observation.from_json(event)
                 fresh._record(self.space.candidate(obs.genome).key, obs)
