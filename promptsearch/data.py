@@ -4,7 +4,9 @@ dataset catalogue (:mod:`promptsearch.catalog`).
     PROMPTSEARCH_DATA_ROOT=../shared/data/medmnist python -c "from promptsearch.data import load_dataset; print(load_dataset('breastmnist'))"
 
 Images are kept as uint8 tensors (N, C, H, W) at their stored size; the prompted model resizes
-and normalises per batch, so one copy serves every backbone and working size.
+and normalises per batch, so one copy serves every backbone and working size. torch is imported
+where tensors are made: the catalogue's facts (``medmnist_meta``, ``plan_folder``) need only numpy,
+so a process that only names datasets (the API server's ``/meta``) stays without torch.
 
 Image folders are ``<class>/`` or ``train|test[|val]/<class>/``. :func:`plan_folder` decides which
 file goes where without decoding a pixel (a seeded per-class split; official test folders kept;
@@ -18,12 +20,14 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 DATA_ROOT_ENV = "PROMPTSEARCH_DATA_ROOT"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -50,6 +54,8 @@ class Split:
         """A seeded random subset of at most n items (n=None: all)."""
         if n is None or n >= len(self):
             return self
+        import torch
+
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         return Split(self.images[idx], self.labels[idx])
 
@@ -116,10 +122,10 @@ def image_mode(path: str | Path) -> str:
 
 # --- the MedMNIST catalogue -------------------------------------------------------------------------
 # The MedMNIST v2 2D datasets (as medmnist 3.0's ``INFO`` gives them): the facts a load needs, carried
-# here so that reading a dataset never imports the ``medmnist`` package (which imports scikit-learn,
-# scipy and pandas: +156 MiB in every trial worker, for a 0.4 MB archive). ``python_class`` is only
-# for ``download=True``, which uses medmnist's downloader. tests/test_scale_paths.py checks this
-# table against ``medmnist.INFO``.
+# here so that naming or reading a dataset never imports the ``medmnist`` package, which imports
+# scikit-learn, scipy and pandas (+156 MiB RSS and ~1 s in a process that has none of them: the API
+# server, a preflight). ``python_class`` is only for ``download=True``, which uses medmnist's
+# downloader. tests/test_scale_paths.py checks this table against ``medmnist.INFO``.
 MEDMNIST_2D: dict[str, dict[str, Any]] = {
     "pathmnist": {"task": "multi-class", "channels": 3, "python_class": "PathMNIST",
         "splits": {"train": 89996, "val": 10004, "test": 7180},
@@ -219,6 +225,8 @@ def load_medmnist(name: str, root: str | Path | None = None, download: bool = Fa
             arrays = {split: (npz[f"{split}_images"], npz[f"{split}_labels"]) for split in ("train", "val", "test")}
     except Exception as e:  # numpy raises ValueError / zip errors / KeyError for bad files
         raise DataError(f"could not read {path}: {_npz_problem(path, e)}") from None
+    import torch
+
     for split, (imgs, labels) in arrays.items():
         imgs = imgs[:, None] if imgs.ndim == 3 else imgs.transpose(0, 3, 1, 2)  # (N, C, H, W)
         labels = torch.as_tensor(labels)
@@ -532,6 +540,8 @@ def load_folder(path: str | Path, root: str | Path | None = None, download: bool
 def folder_dataset(plan: FolderPlan, size: int = 64, grayscale: bool | None = None, cache: bool = True,
                    name: str | None = None, extra: dict | None = None) -> Dataset:
     """The images of a :class:`FolderPlan`, decoded (or read from the cache), as a ``Dataset``."""
+    import torch
+
     imgs = read_images(plan.files, size, grayscale, cache=cache)  # (N, C, size, size); names a corrupt file
     if not plan.parts["val"] or not plan.parts["train"]:
         raise DataError(f"{plan.base} has too few images to split ({len(plan.files)})")

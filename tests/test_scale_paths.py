@@ -258,6 +258,16 @@ def test_medmnist_loads_without_the_medmnist_package(data_root):
     assert loaded == [] and "train/val/test=546/78/156" in out
 
 
+def test_the_servers_dataset_names_need_no_torch(tmp_path):
+    """The dashboard's first call (the submit form's datasets): the server stays without torch."""
+    code = ("import sys\nfrom fastapi.testclient import TestClient\nfrom promptsearch.service.app import create_app\n"
+            "from promptsearch.service.settings import Settings\n"
+            "r = TestClient(create_app(Settings(workspace=sys.argv[1]), start_runner=False)).get('/meta')\n"
+            "assert r.status_code == 200 and 'breastmnist' in r.json()['datasets'], r.text")
+    loaded, _ = _loaded(code, str(tmp_path), modules=("torch", "medmnist", "sklearn", "pandas"))
+    assert loaded == []
+
+
 @pytest.mark.parametrize("name", ["breastmnist", "pneumoniamnist", "retinamnist", "chestmnist"])
 def test_medmnist_arrays_and_facts_equal_what_medmnist_gives(name, data_root, tmp_path):
     import medmnist
