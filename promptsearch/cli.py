@@ -24,7 +24,6 @@ import os
 import sys
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -109,8 +108,8 @@ COMMANDS: dict[str, str] = {
 
 
 @functools.cache
-def module_commands(module: str) -> dict[str, click.Command]:
-    """The click commands that ``promptsearch.commands.<module>`` registers (imported once, here)."""
+def module_commands(module: str) -> dict[str, Any]:
+    """The (click) commands that ``promptsearch.commands.<module>`` registers (imported once, here)."""
     mod = importlib.import_module(f"{commands.__name__}.{module}")
     sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     mod.register(sub)
@@ -121,10 +120,10 @@ class LazyCommands(TyperGroup):
     """The root group: lists every name in :data:`COMMANDS` without importing anything, and imports
     a command's module when the command is looked up (to run it, or for ``--help``)."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         return [*(n for n in super().list_commands(ctx) if n not in COMMANDS), *COMMANDS]
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             self.commands.update({k: v for k, v in module_commands(COMMANDS[cmd_name]).items()
                                   if k not in self.commands})
