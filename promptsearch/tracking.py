@@ -151,6 +151,13 @@ class Tracker:
         self.client.log_dict(run.info.run_id, dict(config), "trial.json")
         return run.info.run_id
 
+    def open_trial_runs(self, experiment_id: str, job_id: str) -> dict[str, str]:
+        """trial id -> run id of the job's trial runs still RUNNING (a coordinator killed between a
+        trial's end in the job's log and its run's end leaves one)."""
+        runs = self.client.search_runs([experiment_id], filter_string=f"tags.job_id = '{job_id}' and "
+                                       "tags.kind = 'trial' and attributes.status = 'RUNNING'", max_results=10_000)
+        return {r.data.tags["trial_id"]: r.info.run_id for r in runs if "trial_id" in r.data.tags}
+
     def log_epoch(self, run_id: str, row: Mapping[str, Any]) -> None:
         step = int(row.get("epoch", 0))
         now = int(time.time() * 1000)

@@ -38,6 +38,7 @@ log = logging.getLogger("promptsearch.search")
 FINISHED = None  # what SearchLoop.ask returns when the job needs no more trials
 Progress = Callable[[dict[str, Any]], None]
 Fit = Callable[["SearchLoop", "str | None"], None]  # drives the trials: promptsearch.dispatch.fit.fit
+REPEAT_ROUNDS = 3  # front_repeats: rounds of re-evaluating trials that join the front as members' means fall
 MAX_WORKER_DEATHS = 3  # a candidate whose worker dies this many times is failed, not re-run again
 WORKER_DEATH = "worker process died"  # how the dispatcher's error text starts when the process running a trial died
 
@@ -267,6 +268,18 @@ class SearchLoop:
             raise JobError(f"MLflow tracking at {uri} is not usable: {e}") from e
         self._mlflow = m
         log.info("MLflow ready in %.1f s", time.perf_counter() - t0)
+        if self.attempt:  # a resume: end the runs of trials that finished as the last coordinator died
+            self._track("reconcile", self._end_open_runs, m)
+
+    def _end_open_runs(self, m: dict[str, Any]) -> None:
+        open_runs = self.tracker.open_trial_runs(m["experiment_id"], self.job_id)
+        running = {t["trial_id"] for t in self.in_flight}  # preempted below, which ends their runs
+        stale = {k: v for k, v in open_runs.items() if k not in running}
+        if not stale:
+            return
+        for t in self.writer.store.read_full().trials.values():
+            if t["trial_id"] in stale and t["status"] != "running" and t.get("mlflow_run_id") == stale[t["trial_id"]]:
+                self.tracker.end_trial(stale[t["trial_id"]], t)
 
     def _finish(self, error: BaseException | None) -> None:
         if self.writer.broken is not None:  # the log cannot take more: it says running, a resume continues
@@ -386,51 +399,64 @@ class SearchLoop:
 
     def _ask_repeat(self, tune_trial_id: str | None) -> dict[str, Any] | None:
         """Once the search's trials are done: the next re-evaluation trial (a completed front
-        trial with one more seed), else :data:`FINISHED`. The plan is fixed, in the job's record,
-        when the last search trial ends, so a resume runs the same re-evaluations."""
+        trial with one more seed), else :data:`FINISHED`. The plan is in the job's record (fixed
+        when the last search trial ends, extended by each round), so a resume runs the same
+        re-evaluations."""
         if not self._repeats_pending() or self._main_running or self.finished < self.spec.trials:
             return FINISHED
         rep = self.view.job.get("repeats")
         if rep is None:
             members = self.front.records()
-            plan = [[r["trial_id"], self.spec.seed + i] for r in members if r["status"] == "completed"
-                    for i in range(1, self.spec.front_repeats + 1)]
-            self._set(repeats={"k": self.spec.front_repeats, "plan": plan, "done": False,
-                               "front_before": [r["trial_id"] for r in members],
-                               "candidates": {r["trial_id"]: r["candidate"] for r in members}})
+            rep = {"k": self.spec.front_repeats, "round": 1, "plan": [], "candidates": {}, "done": False,
+                   "front_before": [r["trial_id"] for r in members]}
+            self._set(repeats=self._plan(rep, members))
             rep = self.view.job["repeats"]
         for trial_id, seed in rep["plan"]:
             if (trial_id, seed) not in self.view.repeat_trials:
                 return self._start(rep["candidates"][trial_id], seed, tune_trial_id, repeat_of=trial_id)
-        self._repeats_progress()
-        return FINISHED
+        planned = len(rep["plan"])
+        self._repeats_progress()  # every planned one has ended: fold them in (which may plan another round)
+        grew = self._repeats_pending() and len(self.view.job["repeats"]["plan"]) > planned
+        return self._ask_repeat(tune_trial_id) if grew else FINISHED
+
+    def _plan(self, rep: dict[str, Any], members: list[dict[str, Any]]) -> dict[str, Any]:
+        """``rep`` with every completed trial of ``members`` planned for ``front_repeats`` more seeds."""
+        new = [r for r in members if r["status"] == "completed" and r["trial_id"] not in rep["candidates"]]
+        return {**rep, "plan": [*rep["plan"], *([r["trial_id"], self.spec.seed + i] for r in new
+                                                for i in range(1, self.spec.front_repeats + 1))],
+                "candidates": {**rep["candidates"], **{r["trial_id"]: r["candidate"] for r in new}}}
 
     def _repeats_progress(self) -> None:
-        """When every planned re-evaluation has ended: each front trial's mean and sd over its
-        seeds (a ``repeats`` event each), the front recomputed on the means (``front.json``), and
-        which trials moved off it (the job's ``repeats``)."""
+        """When every planned re-evaluation has ended: each re-run trial's mean and sd over its
+        seeds (a ``repeats`` event each) and the front recomputed on the means. A trial that joins
+        the front only now (a member's mean fell below it) has one seed: it is re-evaluated too,
+        in another round (at most :data:`REPEAT_ROUNDS`); then ``front.json``, and which trials
+        moved off the front (the job's ``repeats``)."""
         rep = self.view.job.get("repeats")
         if rep is None or rep.get("done"):
             return
         if any(self.view.repeat_trials.get((i, s)) in (None, "running") for i, s in rep["plan"]):
             return
-        trials = self.writer.store.read_full().trials  # once per job: every record, for the new front
-        summaries = {}
+        trials = self.writer.store.read_full().trials  # once a round: every record, for the new front
         for trial_id in dict.fromkeys(i for i, _ in rep["plan"]):
             t = trials[trial_id]
-            runs = [{"trial_id": trial_id, "seed": t["seed"], "metrics": t["metrics"]},
-                    *self.view.repeat_results.get(trial_id, [])]
-            summaries[trial_id] = t["repeats"] = seed_summary(runs)
+            if t.get("repeats") is None:
+                runs = [{"trial_id": trial_id, "seed": t["seed"], "metrics": t["metrics"]},
+                        *self.view.repeat_results.get(trial_id, [])]
+                t["repeats"] = seed_summary(runs)
+                self._emit("repeats", id=trial_id, set=t["repeats"])
         front = Front(self.objectives, include_stopped=self.static["front_stopped"])
         front.extend(trials.values())
-        for k, (trial_id, summary) in enumerate(summaries.items()):
-            last = k == len(summaries) - 1
-            self._emit("repeats", id=trial_id, set=summary, **({"front": True, "hv": front.hypervolume} if last else {}))
+        members = front.records()
+        if any(r["status"] == "completed" and r["trial_id"] not in rep["candidates"] for r in members) \
+                and rep["round"] < REPEAT_ROUNDS:
+            self._set(repeats={**self._plan(rep, members), "round": rep["round"] + 1})
+            return
+        self._emit("repeats", front=True, hv=front.hypervolume)
         self.front = front
-        if summaries:
-            self.writer.write_front(front, fresh=True)
-        after = [r["trial_id"] for r in front.records()]
-        self._set(repeats={**{k: v for k, v in rep.items() if k != "candidates"}, "done": True, "front_after": after,
+        self.writer.write_front(front, fresh=True)
+        self._set(repeats={**{k: v for k, v in rep.items() if k != "candidates"}, "done": True,
+                           "front_after": [r["trial_id"] for r in members],
                            "moved_off": [i for i in rep["front_before"] if i not in front]})
 
     def epoch(self, trial_id: str, row: dict[str, float], node: dict[str, Any],

@@ -359,7 +359,7 @@ class Replay:
     def _repeats(self, ev: Mapping[str, Any]) -> None:
         """A front trial's re-evaluation summary (mean, sd, seeds); ``front``/``hv``: the front
         recomputed on the means was written after it."""
-        t = self.trials.get(ev["id"])
+        t = self.trials.get(ev["id"]) if ev.get("id") else None  # no id: the front recomputed on the means
         if t is not None:
             t["repeats"] = dict(ev["set"])
         if ev.get("front"):

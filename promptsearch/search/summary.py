@@ -50,7 +50,8 @@ def _repeats(rep: dict[str, Any] | None) -> dict[str, Any] | None:
     """The front re-evaluation's progress and outcome (without its plan's candidates)."""
     if not rep:
         return None
-    return {"k": rep.get("k"), "planned": len(rep.get("plan", [])), "done": bool(rep.get("done")),
+    return {"k": rep.get("k"), "round": rep.get("round", 1), "planned": len(rep.get("plan", [])),
+            "done": bool(rep.get("done")),
             "front_before": rep.get("front_before", []), "front_after": rep.get("front_after"),
             "moved_off": rep.get("moved_off")}
 
