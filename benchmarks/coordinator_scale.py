@@ -5,6 +5,8 @@ SYNTHETIC job of 100, 1,000 and 10,000 trials.
     nice -n 10 python benchmarks/coordinator_scale.py synthetic --trials 100 1000 10000
     nice -n 10 python benchmarks/coordinator_scale.py synthetic --trials 100 1000 --before /tmp/ps-a9c8274
     python benchmarks/coordinator_scale.py realjob --checkout /tmp/ps-a9c8274 --label before
+    nice -n 10 python benchmarks/coordinator_scale.py reads --workspace /tmp/ps-scale-after-10000-XXXX/ws \
+        --checkout /tmp/ps-before . --label before after
 
 SYNTHETIC (the only fake in the project, and it says so in its output): no Ray and no training.
 A fake trainable — made-up metrics, two epochs per trial, about one trial in twenty failing —
@@ -15,6 +17,12 @@ with trials in flight a few trials before its end; then the read paths are timed
 a subprocess, and the job API functions in this process), and a fresh process resumes the job to
 its end (the time to restore, then to the first new ask). ``--before DIR`` runs the same driver
 against an older checkout (format 1: state.json rewritten after every event) for comparison.
+
+``reads``: the read paths alone, on a workspace a ``synthetic --keep`` run left (its one job), for
+one or more ``--checkout``s: the ``jobs`` and ``pareto`` CLI (wall and CPU, each call in its own
+process, the checkouts' calls interleaved), the heavy modules ``jobs`` imports, the whole log
+(``job_trials``) and a 100-trial page of the REST API (the first request, then a poll that finds
+nothing new).
 
 ``realjob``: the real default job (MobileNetV2 pixel prompts at 64 px, BreastMNIST, 2 concurrent,
 real Ray, real MLflow) run from ``--checkout`` with every process's peak RSS and PSS sampled
@@ -320,6 +328,72 @@ def child_reads(a) -> None:
     Path(a.report).write_text(json.dumps(r))
 
 
+def reads(a) -> None:
+    """The read paths on an existing workspace (see the module docstring), one markdown row per
+    checkout; the CLI calls of all checkouts are interleaved (the machine's load hits each alike)."""
+    codes = [Path(c).resolve() for c in a.checkout]
+    labels = a.label or [_git(c) for c in codes]
+    ws_dir = Path(a.workspace)
+    (job_id,) = sorted(p.name for p in (ws_dir / "jobs").iterdir() if not p.name.startswith("."))
+    envs = [{**os.environ, "PYTHONPATH": str(c), "MLFLOW_DISABLE_TELEMETRY": "true"} for c in codes]
+    load0 = load()
+    cli = {"jobs": ["jobs", "--workspace", str(ws_dir)], "pareto": ["pareto", job_id, "--workspace", str(ws_dir)]}
+    times: dict = {(k, i): ([], []) for k in cli for i in range(len(codes))}
+    for _ in range(a.repeats):
+        for k, args in cli.items():
+            for i, code in enumerate(codes):
+                wall, cpu = _timed_cli(args, envs[i], code, 1)
+                times[k, i][0].append(wall)
+                times[k, i][1].append(cpu)
+    load1 = load()
+    probe = ("import sys, runpy; sys.argv = ['promptsearch', 'jobs', '--workspace', sys.argv[1]]\n"
+             "try:\n    runpy.run_module('promptsearch.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "heavy = ('torch', 'ray', 'mlflow', 'fastapi', 'numpy', 'medmnist', 'promptsearch.space', 'promptsearch.jobs')\n"
+             "print(' '.join(m for m in heavy if m in sys.modules), file=sys.stderr)")
+    print(f"`jobs` / `pareto` CLI: median of {a.repeats} interleaved calls each; {load0} at the start, {load1} at the end")
+    print()
+    print("| code | trials | `jobs` CLI wall (CPU) | `pareto` CLI wall (CPU) | heavy modules `jobs` imported "
+          "| job_trials (whole log) | REST 100-trial page: first / poll |")
+    print("|---|---|---|---|---|---|---|")
+    for i, code in enumerate(codes):
+        imported = subprocess.run([sys.executable, "-c", probe, str(ws_dir)], env=envs[i], cwd=code, capture_output=True,
+                                  text=True, timeout=300).stderr.strip().splitlines()[-1:]
+        report = ws_dir.parent / f"pages-{i}.json"
+        inproc = subprocess.run([sys.executable, __file__, "child-pages", "--workspace", str(ws_dir), "--report",
+                                 str(report)], env=envs[i], cwd=code, timeout=3600)
+        pages = json.loads(report.read_text()) if inproc.returncode == 0 else {}
+        med = {k: (statistics.median(times[k, i][0]), statistics.median(times[k, i][1])) for k in cli}
+        print(f"| {labels[i]} | {pages.get('trials', 0):,} | {_ms(med['jobs'][0])} ({_ms(med['jobs'][1])}) "
+              f"| {_ms(med['pareto'][0])} ({_ms(med['pareto'][1])}) | {' '.join(imported) or '-'} "
+              f"| {_ms(pages.get('job_trials_s'))} | {_ms(pages.get('page_first_s'))} / {_ms(pages.get('page_poll_s'))} |")
+
+
+def child_pages(a) -> None:
+    """job_trials, and the REST API's ``GET /jobs/{id}/trials?offset=200&limit=100`` (the real app,
+    FastAPI's TestClient): the first request, then polls that find nothing new."""
+    from fastapi.testclient import TestClient
+
+    from promptsearch.service import jobs
+    from promptsearch.service.app import create_app
+    from promptsearch.service.settings import Settings
+
+    ws = jobs.Workspace(a.workspace)
+    (job_id,) = ws.job_ids()
+    r: dict = {"job_trials_s": _timed(lambda: jobs.job_trials(ws, job_id), 3)}
+    r["trials"] = len(jobs.job_trials(ws, job_id))
+    client = TestClient(create_app(Settings(workspace=ws.root), start_runner=False))
+
+    def page():
+        got = client.get(f"/jobs/{job_id}/trials", params={"offset": 200, "limit": 100})
+        assert got.status_code == 200 and len(got.json()["trials"]) == 100, got.text[:300]
+
+    t0 = time.perf_counter()
+    page()
+    r["page_first_s"] = time.perf_counter() - t0
+    r["page_poll_s"] = _timed(page, 5)
+    Path(a.report).write_text(json.dumps(r))
+
+
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{1000 * x:,.0f} ms" if x >= 0.01 else f"{1000 * x:.1f} ms"
 
@@ -388,7 +462,8 @@ def _kind(cmd: list[str]) -> str:
     if exe in ("raylet", "gcs_server"):  # their command lines name the worker command too
         return f"ray {exe}"
     text = " ".join(cmd)
-    for key, name in (("ImplicitFunc", "trial worker (Tune actor)"), ("promptsearch.cli", "coordinator (promptsearch search)"),
+    for key, name in (("ImplicitFunc", "trial worker (Tune actor)"), ("promptsearch.preflight", "preflight (short-lived child)"),
+                      ("promptsearch.cli", "coordinator (promptsearch search)"),
                       ("default_worker", "ray worker (idle)"), ("ray::IDLE", "ray worker (idle)"),
                       ("dashboard/agent", "ray dashboard agent"), ("runtime_env/agent", "ray runtime_env agent"),
                       ("log_monitor", "ray log_monitor"), ("autoscaler/_private/monitor", "ray monitor"),
@@ -522,7 +597,12 @@ def main() -> None:
     s.add_argument("--before-trials", type=int, nargs="+", default=[100, 1000])
     s.add_argument("--out", default=None, help="markdown table to write (and .json beside it)")
     s.add_argument("--keep", action="store_true")
-    for name in ("child-run", "child-resume", "child-reads"):
+    d = sub.add_parser("reads")
+    d.add_argument("--workspace", required=True, help="a synthetic run's workspace (--keep)")
+    d.add_argument("--checkout", nargs="+", default=[str(REPO)], help="checkouts to compare (interleaved)")
+    d.add_argument("--repeats", type=int, default=11, help="CLI calls per figure (median)")
+    d.add_argument("--label", nargs="+", default=None, help="the code column, one per checkout (default: commits)")
+    for name in ("child-run", "child-resume", "child-reads", "child-pages"):
         c = sub.add_parser(name)
         c.add_argument("--workspace", required=True)
         c.add_argument("--trials", type=int, default=0)
@@ -539,7 +619,7 @@ def main() -> None:
     a = p.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     {"synthetic": synthetic, "child-run": child_run, "child-resume": child_resume, "child-reads": child_reads,
-     "realjob": realjob}[a.mode](a)
+     "reads": reads, "child-pages": child_pages, "realjob": realjob}[a.mode](a)
 
 
 if __name__ == "__main__":
