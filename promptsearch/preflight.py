@@ -10,8 +10,8 @@ every split, builds the backbone once on the CPU with strict weight loading (nev
 and runs one image through it at the working size. It raises :class:`PreflightError` (a
 :class:`~promptsearch.jobs.JobError`) whose message starts with the job field and names the file.
 
-The dataset and backbone checks run in a short-lived child process (``python -m
-promptsearch.preflight``, the job's fields on stdin, the verdict on stdout): torch, the dataset and
+The dataset and backbone checks run in a short-lived child process (:func:`check_files`: the job's
+fields on stdin, the verdict on stdout): torch, the dataset and
 the backbone (~1 GiB) go away with it instead of staying in the coordinator or the server for as
 long as they run. Its errors come back as the same :class:`PreflightError` messages.
 
@@ -104,11 +104,14 @@ def check_files(spec: JobSpec) -> None:
     docstring): returns when both pass, raises their :class:`PreflightError` when one does not."""
     fields = {"dataset": spec.dataset, "data_root": spec.data_root,
               "backbone": spec.backbone.model_dump(mode="json")}
-    package_parent = str(Path(__file__).resolve().parent.parent)  # the child imports this very promptsearch
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}
+    # -P: no current directory on the child's path (a stray torch.py there is not imported); this very
+    # promptsearch is, appended where the child's own path lacks it (a checkout run from its folder)
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    bootstrap = (f"import sys\nif {package_parent!r} not in sys.path:\n    sys.path.append({package_parent!r})\n"
+                 "from promptsearch.preflight import _child\nsys.exit(_child())")
     try:
-        done = subprocess.run([sys.executable, "-m", "promptsearch.preflight"], input=json.dumps(fields),
-                              capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S)
+        done = subprocess.run([sys.executable, "-P", "-c", bootstrap], input=json.dumps(fields), capture_output=True,
+                              text=True, timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise PreflightError(f"dataset/backbone: the check of {spec.dataset} and {spec.backbone.name} did not end "
                              f"within {CHILD_TIMEOUT_S:.0f} s (a hung file system?)") from None
@@ -137,8 +140,8 @@ def _verdict(stdout: str) -> dict[str, Any] | None:
 
 
 def _child() -> int:
-    """``python -m promptsearch.preflight``: the job's dataset and backbone fields (JSON) on stdin,
-    one JSON line on stdout: ``{"pid": N}`` (passed), with ``"error"`` (a PreflightError's
+    """The child's side of :func:`check_files` (also ``python -m promptsearch.preflight``): the job's
+    dataset and backbone fields (JSON) on stdin, one JSON line on stdout: ``{"pid": N}`` (passed), with ``"error"`` (a PreflightError's
     message) or ``"crash"`` (a traceback)."""
     import traceback
     from types import SimpleNamespace
