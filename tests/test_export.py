@@ -337,3 +337,26 @@ def test_export_cli_compress_and_examples(tmp_path, data_root, mobilenet_weights
     res = CliRunner().invoke(app, ["export", job2, "--pick", "trial=t0001", "--out", str(tmp_path / "z"),
                                    "--compress", "int8", "--workspace", str(gone)])
     assert res.exit_code == 2 and "needs the job's dataset" in res.output and not (tmp_path / "z").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_a_random_init_vit_job_exports_the_backbone_its_trials_trained_on(tmp_path, data_root, breast):
+    """A random-init backbone is the trial seed's in the Ray trainable (which caches one per
+    process) as in ``load_exported``: the exported model reproduces what the job recorded."""
+    from promptsearch.export.job import export_job
+    from promptsearch.jobs import job_from_dict
+    from promptsearch.service.jobs import Workspace, job_trials, run_job, submit
+
+    ws = Workspace(tmp_path / "ws")
+    job_id = submit(ws, job_from_dict(dict(
+        name="vit", space="pixel", dataset="breastmnist", data_root=str(data_root),
+        backbone={"name": "vit_tiny_patch16_224", "image_size": 28, "patch_size": 4},
+        budget={"epochs": 1, "max_train_samples": 64, "max_eval_samples": 48, "latency_repeats": 2, "threads": 1},
+        strategy="random", trials=2, concurrency=1, seed=5, objectives=["auc", "prompt_params"])))
+    assert run_job(ws, job_id)["status"] == "completed"
+    for t in job_trials(ws, job_id):  # the second trial ran on the process's cached backbone
+        folder, _ = export_job(ws, job_id, pick=f"trial={t['trial_id']}", out=tmp_path / t["trial_id"])
+        model = promptsearch.load_exported(folder)
+        got = evaluate(model, breast.val.subset(48, 0), breast.task)
+        assert got["auc"] == pytest.approx(t["metrics"]["auc"], abs=1e-6)

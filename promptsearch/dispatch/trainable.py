@@ -106,8 +106,16 @@ def train_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     candidate = space.candidate(config["genome"])
     data = _cached(("data", spec.dataset, spec.data_root), lambda: load_dataset(spec.dataset, root=spec.data_root))
     backbone_spec = BackboneSpec(**spec.backbone)
-    backbone = _cached(("backbone", json.dumps(backbone_spec.to_json(), sort_keys=True)),
-                       lambda: build_backbone(backbone_spec))
+    # a random-init backbone is the trial seed's, as run_trial and load_exported build it (seeded,
+    # then built): one cached per seed; trained weights are the same in every trial
+    init_seed = None if (backbone_spec.weights or backbone_spec.pretrained) else int(config["seed"])
+
+    def make_backbone():
+        if init_seed is not None:
+            torch.manual_seed(init_seed)
+        return build_backbone(backbone_spec)
+
+    backbone = _cached(("backbone", json.dumps(backbone_spec.to_json(), sort_keys=True), init_seed), make_backbone)
     node = _node()
 
     def on_epoch(epoch: int, row: dict[str, float]) -> None:
