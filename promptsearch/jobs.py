@@ -32,13 +32,9 @@ from .files import bundled, find_named
 from .registry import Registry
 from .rungs import Scheduler
 from .space import Scalar, SearchSpace, SpaceError, load_space
-from .yamlio import YamlError, compose_yaml, error_line, first_error, format_validation, where
+from .yamlio import JobError, YamlError, compose_yaml, error_line, first_error, format_validation, where
 
 DEFAULT_JOBS_DIR = bundled("default_jobs")  # breast_pixel.yaml: the README's main job
-
-
-class JobError(YamlError):
-    """An invalid job (file, field or override): the message names the file, line and field."""
 
 
 # --- the one rule for job names and ids --------------------------------------------------------------

@@ -19,6 +19,12 @@ class YamlError(ValueError):
     source, line and field."""
 
 
+class JobError(YamlError):
+    """An invalid job (file, field or override): the message names the file, line and field.
+    (Here, not in :mod:`promptsearch.jobs`, so the job state's readers — ``promptsearch jobs`` —
+    need not import the job schema; ``promptsearch.jobs`` re-exports it.)"""
+
+
 def compose_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
     """Parse YAML into plain data plus a map from field path to 1-based line; duplicate keys fail."""
     try:

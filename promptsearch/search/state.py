@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write
-from ..jobs import JobError
+from ..yamlio import JobError
 from .records import JobState, JobStatus, TrialRecord, effective_metrics, front_status
 
 log = logging.getLogger("promptsearch.search")

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write
-from ..jobs import JobError
+from ..yamlio import JobError
 from .records import JobState
 from .state import LEGACY, LOG, MIRROR, CorruptJob, JobStore
 
