@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..files import atomic_write
-from ..jobs import JobError
+from ..yamlio import JobError
 from ..search.state import LOG, MIRROR, CorruptJob, EventError, JobStore, JobWriter, LogError, Replay, parse_events
 from ..search.summary import corrupt_summary, job_summary
 from ..search.workspace import (Workspace, WorkspaceError, as_workspace, cancel_requested, coordinator_alive,
