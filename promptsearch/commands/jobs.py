@@ -58,7 +58,9 @@ def render_status(s: dict[str, Any]) -> Group:
     done = int(width * t["finished"] / max(t["requested"], 1))
     bar = Text.assemble(("█" * done, "green"), ("░" * (width - done), "dim"),
                         f"  {t['finished']}/{t['requested']} finished · {t['running']} running · "
-                        f"{t['failed']} failed · {t['preempted']} preempted · hypervolume {s['hypervolume']:.4f}")
+                        f"{t['failed']} failed · {t['preempted']} preempted"
+                        + (f" · {t['stopped']} stopped early ({100 * s['image_passes']['saved']:.0f} % of image passes saved)"
+                           if t.get("stopped") else "") + f" · hypervolume {s['hypervolume']:.4f}")
     best = Text("best so far: " + ("  ".join(f"{k} {_fmt(v)}" for k, v in s["best"].items()) or "-"))
     running = Table(box=None, show_header=False, padding=(0, 1))
     for r in s["running_trials"]:
@@ -180,19 +182,19 @@ def jobs(workspace: Optional[Path] = WorkspaceOpt,
         return
     t = Table(title=f"jobs in {ws.root}")
     t.add_column("job", no_wrap=True)
-    for c in ("status", "strategy", "space", "done", "failed", "running", "HV", "created"):
-        t.add_column(c, justify="right" if c in ("done", "failed", "running", "HV") else "left")
+    for c in ("status", "strategy", "space", "done", "stopped", "failed", "running", "HV", "created"):
+        t.add_column(c, justify="right" if c in ("done", "stopped", "failed", "running", "HV") else "left")
     corrupt = []
     for s in rows:
         if s["status"] == "corrupt":
             corrupt.append(s)
-            t.add_row(s["job_id"], "[red]corrupt[/]", "-", "-", "-", "-", "-", "-",
+            t.add_row(s["job_id"], "[red]corrupt[/]", "-", "-", "-", "-", "-", "-", "-",
                       time.strftime("%m-%d %H:%M", time.localtime(s["created_at"])))
             continue
         status = s["status"] + (" (interrupted: resume)" if s["interrupted"] else "")
         tr = s["trials"]
         t.add_row(s["job_id"], status, s["strategy"], s["space"], f"{tr['finished']}/{tr['requested']}",
-                  str(tr["failed"]), str(tr["running"]), f"{s['hypervolume']:.4f}",
+                  str(tr.get("stopped", 0)), str(tr["failed"]), str(tr["running"]), f"{s['hypervolume']:.4f}",
                   time.strftime("%m-%d %H:%M", time.localtime(s["created_at"])))
     wide.print(t)
     for s in corrupt:  # which file, why, and what to do

@@ -57,6 +57,9 @@ def _metric_names(records: Iterable[Mapping[str, Any]], key: str, first: Sequenc
     return [n for n in first if n in seen] + sorted(seen - set(first))
 
 
+EARLY_STOPPING = ("rung", "image_passes", "repeat_of")  # a stopped trial's rung, its cost, a front re-evaluation
+
+
 def table_columns(records: Sequence[Mapping[str, Any]], space: SearchSpace, objectives: Sequence[Objective],
                   include_test: bool = False) -> list[str]:
     """The trial table's columns, in order: identity, one per decision, one per component group,
@@ -64,7 +67,9 @@ def table_columns(records: Sequence[Mapping[str, Any]], space: SearchSpace, obje
     names = [o.name for o in objectives]
     cols = ["trial_id", "number", "status", "on_front", "rank", *space.spec.decisions,
             *(f"components.{g}" for g in space.spec.components), "n_components",
-            *_metric_names(records, "metrics", names), "epochs", "wall_time_s", "started", "finished",
+            *_metric_names(records, "metrics", names), "epochs",
+            *(k for k in EARLY_STOPPING if any(r.get(k) is not None for r in records)),  # only when a job has them
+            "wall_time_s", "started", "finished",
             "reason", "key", "genome"]
     if include_test:
         cols += [f"test_{m}" for m in _metric_names(records, "test_metrics", names)]
@@ -79,7 +84,9 @@ def trial_rows(records: Sequence[Mapping[str, Any]], space: SearchSpace, objecti
     the test split."""
     cols = table_columns(records, space, objectives, include_test)
     metric_cols = set(_metric_names(records, "metrics", []))
-    rank_of = front_ranks(records, objectives)
+    from ..search.records import ranked
+
+    rank_of = front_ranks(ranked(list(records)), objectives)  # stopped trials and re-evaluations off the front
     rows = []
     for i, r in enumerate(records):
         cand = r.get("candidate") or {}
@@ -94,6 +101,7 @@ def trial_rows(records: Sequence[Mapping[str, Any]], space: SearchSpace, objecti
             "epochs": len(r.get("history") or []), "wall_time_s": r.get("wall_time_s"),
             "started": _iso(r.get("started_at")), "finished": _iso(r.get("finished_at")),
             "reason": r.get("reason"), "key": cand.get("key"), "genome": list(cand.get("genome") or []),
+            **{k: r.get(k) for k in EARLY_STOPPING},
         }
         row.update({k: v for k, v in (r.get("metrics") or {}).items() if k in metric_cols})
         if include_test:

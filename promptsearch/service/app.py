@@ -247,7 +247,7 @@ def create_app(settings: Settings, start_runner: bool = True) -> FastAPI:
              responses={200: {"content": {"text/csv": {}}, "description": "a TrialPage; with format: a file"}})
     def trials(job_id: str, offset: int = Query(0, ge=0),
                limit: int | None = Query(None, ge=1, le=10000, description="default 100; with format: every trial"),
-               status: Literal["completed", "failed", "preempted", "running"] | None = None,
+               status: Literal["completed", "stopped", "failed", "preempted", "running"] | None = None,
                fmt: Literal["csv", "json"] | None = Query(None, alias="format", description=(
                    "csv | json: the trials as one flat table to download, one column per decision")),
                test: bool = Query(False, description="with format: add test_* columns (report them; don't choose by them)"),
