@@ -48,3 +48,19 @@ def breast(data_root):
     from promptsearch.data import load_dataset
 
     return load_dataset("breastmnist", root=data_root)
+
+
+def write_job_defaults(folder: Path, data_root: Path, weights: Path, max_train_samples: int = 96,
+                       trials: int = 3) -> Path:
+    """A server's job defaults file (``--job-defaults``): local data and weights, tiny budgets
+    (MobileNetV2 at 32 px, one epoch: a trial trains ~1 s)."""
+    import yaml
+
+    path = folder / "job-defaults.yaml"
+    path.write_text(yaml.safe_dump({
+        "space": "pixel", "dataset": "breastmnist", "data_root": str(data_root),
+        "backbone": {"name": "torchvision:mobilenet_v2", "image_size": 32, "weights": str(weights)},
+        "budget": {"epochs": 1, "batch_size": 32, "max_train_samples": max_train_samples, "latency_repeats": 2},
+        "strategy": "random", "trials": trials, "concurrency": 1, "resources": {"cpu": 1}, "seed": 0,
+    }))
+    return path

@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-import yaml
+from conftest import write_job_defaults
 from test_dashboard import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, Server
 
 pytestmark = pytest.mark.slow
@@ -40,14 +40,7 @@ JOB = {"name": "explain", "trials": 2, "strategy": "random", "seed": 0, "budget"
 
 @pytest.fixture(scope="module")
 def defaults(tmp_path_factory, data_root, mobilenet_weights) -> Path:
-    path = tmp_path_factory.mktemp("defaults") / "job-defaults.yaml"
-    path.write_text(yaml.safe_dump({
-        "space": "pixel", "dataset": "breastmnist", "data_root": str(data_root),
-        "backbone": {"name": "torchvision:mobilenet_v2", "image_size": 32, "weights": str(mobilenet_weights)},
-        "budget": {"epochs": 1, "batch_size": 32, "max_train_samples": 64, "latency_repeats": 2},
-        "strategy": "random", "trials": 2, "concurrency": 1, "resources": {"cpu": 1}, "seed": 0,
-    }))
-    return path
+    return write_job_defaults(tmp_path_factory.mktemp("defaults"), data_root, mobilenet_weights, max_train_samples=64, trials=2)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from promptsearch.preflight import RANDOM_BACKBONE, preflight
+from promptsearch.preflight import RANDOM_BACKBONE
 from promptsearch.service.app import create_app
 from promptsearch.service.settings import Limits, Settings, load_server_file
 

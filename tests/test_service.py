@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import write_job_defaults
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,14 +115,7 @@ class Server:
 @pytest.fixture(scope="module")
 def defaults(tmp_path_factory, data_root, mobilenet_weights) -> Path:
     """The server's job defaults: local data and weights, tiny budgets (a trial trains ~1 s)."""
-    path = tmp_path_factory.mktemp("defaults") / "job-defaults.yaml"
-    path.write_text(yaml.safe_dump({
-        "space": "pixel", "dataset": "breastmnist", "data_root": str(data_root),
-        "backbone": {"name": "torchvision:mobilenet_v2", "image_size": 32, "weights": str(mobilenet_weights)},
-        "budget": {"epochs": 1, "batch_size": 32, "max_train_samples": 96, "latency_repeats": 2},
-        "strategy": "random", "trials": 3, "concurrency": 1, "resources": {"cpu": 1}, "seed": 0,
-    }))
-    return path
+    return write_job_defaults(tmp_path_factory.mktemp("defaults"), data_root, mobilenet_weights)
 
 
 @pytest.fixture(scope="module")
