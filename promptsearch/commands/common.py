@@ -102,5 +102,17 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def reported_briefly(result: Any, as_json: bool) -> bool:
+    """A resumable training run's result (a library build, a pretraining) as JSON, or a stopped
+    run's one line; True when that is all there is to show."""
+    if as_json:
+        print_json(result.model_dump())
+        return True
+    if result.status == "stopped":
+        console.print(f"stopped after epoch {result.epochs_done}/{result.epochs}; rerun the same command to resume")
+        return True
+    return False
+
+
 def register(app: typer.Typer) -> None:  # shared helpers only
     return None

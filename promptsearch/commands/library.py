@@ -21,7 +21,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import (RichProgress, BackboneWeights, DataRoot, ImageSize, PatchSize, Pretrained, console, fail, out, print_json)
+from .common import (RichProgress, BackboneWeights, DataRoot, ImageSize, PatchSize, Pretrained, console, fail, out, print_json, reported_briefly)
 from .data import CatalogFiles, FoldersRoot
 
 library_app = typer.Typer(help="Component libraries: prompt blocks learned per anatomy, modality and pathology.",
@@ -50,11 +50,7 @@ def _datasets(first: Optional[list[str]], rest: Optional[list[str]]) -> tuple[st
 def _report(result, as_json: bool, out_dir: Path) -> None:
     from ..library import read_manifest
 
-    if as_json:
-        print_json(result.model_dump())
-        return
-    if result.status == "stopped":
-        console.print(f"stopped after epoch {result.epochs_done}/{result.epochs}; rerun the same command to resume")
+    if reported_briefly(result, as_json):
         return
     _show(read_manifest(out_dir), out_dir)
     console.print(f"{result.wall_time_s:.0f} s of training, peak RSS {result.peak_rss_mb:.0f} MB; use it: a job's "

@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import RichProgress, DataRoot, console, fail, print_json
+from .common import RichProgress, DataRoot, console, fail, reported_briefly
 
 
 class RichHooks(RichProgress):
@@ -81,11 +81,7 @@ def pretrain(
         fail(str(e))
     except KeyboardInterrupt:
         fail(f"interrupted; rerun the same command to resume from {out / 'checkpoint.pt'} (last finished epoch)", 130)
-    if as_json:
-        print_json(result.model_dump())
-        return
-    if result.status == "stopped":
-        console.print(f"stopped after epoch {result.epochs_done}/{result.epochs}; rerun the same command to resume")
+    if reported_briefly(result, as_json):
         return
     t = Table(title=f"{mode} backbone: {result.weights}")
     t.add_column("metric"), t.add_column("value", justify="right")
