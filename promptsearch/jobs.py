@@ -115,6 +115,9 @@ class JobSpec(BaseModel):
     dataset: str = "breastmnist"  # MedMNIST name, or folder:PATH
     data_root: str | None = None  # None: $PROMPTSEARCH_DATA_ROOT
     backbone: BackboneSpec = Field(default_factory=BackboneSpec)
+    # named backbones a space's `backbone` decision chooses among (its choices are these names;
+    # "" or no such decision: `backbone` above)
+    backbones: dict[str, BackboneSpec] = Field(default_factory=dict)
     budget: Budget = Field(default_factory=Budget)  # training of one trial
     strategy: str = "random"  # a name in promptsearch.strategies.STRATEGIES
     strategy_options: dict[str, Any] = Field(default_factory=dict)
@@ -187,6 +190,17 @@ class JobSpec(BaseModel):
         if self.scalarization is not None:
             options.setdefault("scalarization", self.scalarization)
         return options
+
+    def backbone_for(self, alias: str | None) -> BackboneSpec:
+        """The frozen backbone of a candidate whose ``backbone`` decision is ``alias`` ("" or None:
+        the job's ``backbone``)."""
+        if not alias:
+            return self.backbone
+        try:
+            return self.backbones[alias]
+        except KeyError:
+            raise JobError(f"backbones: the space chooses backbone {alias!r}, which the job does not define "
+                           f"(backbones: {', '.join(sorted(self.backbones)) or 'none'})") from None
 
     @property
     def failure_limit(self) -> int:
@@ -360,6 +374,14 @@ def check_job(spec: JobSpec, source: str = "<job>", lines: dict[tuple, int] | No
         raise JobError(f"{where(source, lines, 'data_root')}: folder {spec.data_root!r} not found")
     if spec.backbone.weights is not None and not Path(spec.backbone.weights).expanduser().is_file():
         raise JobError(f"{where(source, lines, 'backbone', 'weights')}: file {spec.backbone.weights!r} not found")
+    for alias, bb in spec.backbones.items():
+        if bb.weights is not None and not Path(bb.weights).expanduser().is_file():
+            raise JobError(f"{where(source, lines, 'backbones', alias, 'weights')}: file {bb.weights!r} not found")
+    chosen = {c for c in space.choices().get("backbone", ()) if c}
+    if chosen - set(spec.backbones):
+        raise JobError(f"{where(source, lines, 'backbones')}: space {space.name!r} chooses backbone(s) "
+                       f"{', '.join(sorted(chosen - set(spec.backbones)))}, which the job does not define: add them "
+                       f"under backbones: (name: {{name: ..., weights: ...}}), or pin one with fix: {{backbone: ...}}")
     from .strategies import make_strategy
 
     try:
@@ -396,5 +418,6 @@ def resolve_paths(spec: JobSpec, base: str | Path | None = None) -> JobSpec:
     return spec.model_copy(update={
         "space": space, "data_root": absolute(data_root), "dataset": dataset,
         "backbone": spec.backbone.model_copy(update={"weights": absolute(spec.backbone.weights)}),
+        "backbones": {k: b.model_copy(update={"weights": absolute(b.weights)}) for k, b in spec.backbones.items()},
         "library": spec.library.model_copy(update={"path": absolute(spec.library.path)}) if spec.library else None,
     })

@@ -83,14 +83,28 @@ def preflight(spec: JobSpec, workspace: Any = None) -> list[str]:
     ``spec``'s paths must be resolved (:func:`~promptsearch.jobs.resolve_paths`)."""
     if workspace is not None:
         check_workspace(Path(getattr(workspace, "root", workspace)))
-    check_files(spec)
     notes = []
-    if not spec.backbone.weights and not spec.backbone.pretrained:
-        notes.append(f"{RANDOM_BACKBONE} ({spec.backbone.name} has no backbone.weights and pretrained is false; "
-                     "point backbone.weights at a local file for a meaningful search)")
+    for field, backbone in used_backbones(spec):
+        check_files(spec.model_copy(update={"backbone": backbone}))
+        if not backbone.weights and not backbone.pretrained:
+            notes.append(f"{RANDOM_BACKBONE} ({backbone.name} has no {field}.weights and pretrained is false; "
+                         f"point {field}.weights at a local file for a meaningful search)")
     for note in notes:
         _warn(note)
     return notes
+
+
+def used_backbones(spec: JobSpec) -> list[tuple[str, Any]]:
+    """``(job field, BackboneSpec)`` of every backbone the job's trials can run on: the ones its
+    space's ``backbone`` decision chooses (``backbones.NAME``), else its ``backbone``."""
+    from .space import SpaceError, load_space
+
+    try:
+        space = load_space(spec.space)
+        choices = (space.fix(**spec.fix) if spec.fix else space).choices().get("backbone", ("",))
+    except (SpaceError, ValueError):  # the job's own checks report a bad space
+        choices = ("",)
+    return [(f"backbones.{c}" if c else "backbone", spec.backbone_for(c)) for c in dict.fromkeys(choices)]
 
 
 # --- the child process -----------------------------------------------------------------------------------

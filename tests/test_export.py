@@ -360,3 +360,63 @@ def test_a_random_init_vit_job_exports_the_backbone_its_trials_trained_on(tmp_pa
         model = promptsearch.load_exported(folder)
         got = evaluate(model, breast.val.subset(48, 0), breast.task)
         assert got["auc"] == pytest.approx(t["metrics"]["auc"], abs=1e-6)
+
+
+TWO_BACKBONES = """\
+name: two-backbones
+version: 1
+components: {anatomical: [breast], modality: [ultrasound]}
+min_components: 1
+decisions:
+  module: {choices: [pixel]}
+  backbone: {choices: [mnv2, effnet]}
+  pixel_prompt: {choices: [overlay]}
+  fusion: {choices: [gate]}
+  lr: {choices: [0.01]}
+"""
+
+
+def _two_backbone_job(tmp_path, data_root, mobilenet_weights, **kw) -> dict:
+    space = tmp_path / "two.yaml"
+    space.write_text(TWO_BACKBONES)
+    effnet = mobilenet_weights.parent / "tf_efficientnet_lite0_imagenet_timm.pth"
+    return {**dict(name="two", space=str(space), dataset="breastmnist", data_root=str(data_root),
+                backbones={"mnv2": {"name": "torchvision:mobilenet_v2", "image_size": 32, "weights": str(mobilenet_weights)},
+                           "effnet": {"name": "tf_efficientnet_lite0", "image_size": 32, "weights": str(effnet)}},
+                budget={"epochs": 1, "max_train_samples": 64, "max_eval_samples": 48, "latency_repeats": 2, "threads": 1},
+                strategy="random", trials=4, concurrency=1, seed=0, objectives=["auc", "prompt_params"]), **kw}
+
+
+def test_a_backbone_decision_needs_the_job_to_name_its_backbones(tmp_path, data_root, mobilenet_weights):
+    from promptsearch.jobs import JobError, job_from_dict
+
+    spec = _two_backbone_job(tmp_path, data_root, mobilenet_weights)
+    job_from_dict(spec)  # checks pass
+    del spec["backbones"]["effnet"]
+    with pytest.raises(JobError, match=r"backbones: space 'two-backbones' chooses backbone\(s\) effnet, which the job"):
+        job_from_dict(spec)
+    assert job_from_dict({**spec, "fix": {"backbone": "mnv2"}}).backbone_for("mnv2").name == "torchvision:mobilenet_v2"
+    spec["backbones"]["effnet"] = {"name": "tf_efficientnet_lite0", "weights": str(tmp_path / "missing.pth")}
+    with pytest.raises(JobError, match=r"backbones.effnet.weights: file .*missing.pth' not found"):
+        job_from_dict(spec)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_a_job_searches_the_backbone_and_exports_the_one_each_trial_used(tmp_path, data_root, mobilenet_weights, breast):
+    from promptsearch.export.job import export_job
+    from promptsearch.jobs import job_from_dict
+    from promptsearch.service.jobs import Workspace, job_trials, run_job, submit
+
+    ws = Workspace(tmp_path / "ws")
+    job_id = submit(ws, job_from_dict(_two_backbone_job(tmp_path, data_root, mobilenet_weights, trials=2)))
+    assert run_job(ws, job_id)["status"] == "completed"
+    trials = job_trials(ws, job_id)
+    assert sorted(t["candidate"]["architecture"]["backbone"] for t in trials) == ["effnet", "mnv2"]
+    names = {"mnv2": "torchvision:mobilenet_v2", "effnet": "tf_efficientnet_lite0"}
+    for t in trials:
+        folder, _ = export_job(ws, job_id, pick=f"trial={t['trial_id']}", out=tmp_path / t["trial_id"])
+        cfg = load_config(folder)
+        assert cfg.backbone.name == names[t["candidate"]["architecture"]["backbone"]]
+        got = evaluate(promptsearch.load_exported(folder), breast.val.subset(48, 0), breast.task)
+        assert got["auc"] == pytest.approx(t["metrics"]["auc"], abs=1e-6)  # trained on, and loads, that backbone

@@ -158,6 +158,13 @@ HOSTILE_BODIES = [
     ({"backbone": {"pretrained": True}}, 422, "set by the server"),
     ({"backbone": {"kwargs": {"drop_rate": 0.5}}}, 422, "set by the server"),
     ({"backbone": {"name": "resnet18"}}, 422, "has weights for"),
+    ({"backbones": {"b": {"name": "resnet18", "weights": "/etc/shadow"}}}, 422, "backbones: set by the server"),
+    ({"library": {"path": "/etc"}}, 422, "library: set by the server"),
+    # early stopping and the front's re-evaluation
+    ({"front_repeats": 50}, 422, "less than or equal to 20"),
+    ({"front_repeats": 10}, 422, "limits.max_front_repeats"),
+    ({"scheduler": {"rungs": [9]}}, 422, "scheduler.rungs"),
+    ({"scheduler": {"rungs": [1], "ranking": "weighted"}}, 422, "scheduler.ranking"),
     # strategy options that size work
     ({"strategy": "evolution", "strategy_options": {"population_size": 1e9}}, 422, "population_size"),
     ({"strategy": "evolution", "strategy_options": {"population_size": 10**9}}, 422, "limits.max_population_size"),

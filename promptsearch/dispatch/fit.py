@@ -30,6 +30,7 @@ def trial_payload(loop: SearchLoop) -> dict[str, Any]:
     budget["threads"] = budget["threads"] or max(1, int(loop.spec.resources.cpu))  # one thread per reserved CPU
     return {"job_id": loop.job_id, "space": loop.job["space"], "dataset": loop.spec.dataset,
             "data_root": loop.spec.data_root, "backbone": loop.spec.backbone.to_json(), "budget": budget,
+            "backbones": {k: b.to_json() for k, b in loop.spec.backbones.items()},
             "weights_dir": str(loop.dir / "weights"), "faults": parse_faults(),
             "rungs": loop.spec.scheduler.active(loop.spec.budget.epochs) if loop.spec.scheduler else []}
 

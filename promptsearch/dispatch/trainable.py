@@ -54,6 +54,7 @@ class TrialJob(BaseModel):
     dataset: str
     data_root: str | None = None
     backbone: dict[str, Any]  # BackboneSpec fields
+    backbones: dict[str, dict[str, Any]] = Field(default_factory=dict)  # the space's backbone decision -> fields
     budget: dict[str, Any]  # Budget fields
     weights_dir: str  # <workspace>/jobs/<job>/weights
     faults: dict[str, str] = Field(default_factory=dict)  # trial_id -> "raise" | "exit" (tests only)
@@ -105,7 +106,8 @@ def train_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
                     lambda: SearchSpace(SpaceFile.model_validate(spec.space), f"job {spec.job_id}"))
     candidate = space.candidate(config["genome"])
     data = _cached(("data", spec.dataset, spec.data_root), lambda: load_dataset(spec.dataset, root=spec.data_root))
-    backbone_spec = BackboneSpec(**spec.backbone)
+    alias = candidate.arch.backbone  # the space's backbone decision ("": the job's one backbone)
+    backbone_spec = BackboneSpec(**(spec.backbones[alias] if alias else spec.backbone))
     # a random-init backbone is the trial seed's, as run_trial and load_exported build it (seeded,
     # then built): one cached per seed; trained weights are the same in every trial
     init_seed = None if (backbone_spec.weights or backbone_spec.pretrained) else int(config["seed"])

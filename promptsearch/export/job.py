@@ -133,7 +133,8 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
               "status": trial["status"], "epochs": len(trial.get("history") or []), "rung": trial.get("rung"),
               "wall_time_s": trial.get("wall_time_s"), "mlflow_run_id": trial.get("mlflow_run_id")}
     folder = write_bundle(out, space=space, genome=trial["candidate"]["genome"], weights=weights,
-                          backbone=spec.backbone, task=meta["task"], classes=meta["classes"],
+                          backbone=spec.backbone_for(trial["candidate"]["architecture"].get("backbone")),
+                          task=meta["task"], classes=meta["classes"],
                           input_channels=meta["channels"], input_size=meta["size"], metrics=clean(trial["metrics"]),
                           test_metrics=clean(trial.get("test_metrics")), dataset=meta["record"],
                           budget=spec.budget.model_dump(mode="json"), seed=int(trial.get("seed", spec.seed)),

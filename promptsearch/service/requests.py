@@ -41,7 +41,8 @@ class JobRequest(BaseModel):
     """A job submitted over HTTP: the job file's fields as JSON (``promptsearch search`` reads the
     same fields from YAML). Unset fields come from the server's job defaults. ``space``: a name in
     ``search_spaces/`` or an inline space document. Paths and addresses (``data_root``,
-    ``tracking_uri``, ``ray_address``, ``backbone.weights``) are the server's to set."""
+    ``tracking_uri``, ``ray_address``, ``backbone.weights``, ``backbones``, ``library``) are the
+    server's to set."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
         {"name": "breast", "space": "pixel", "dataset": "breastmnist", "strategy": "evolution", "trials": 12,
@@ -63,6 +64,8 @@ class JobRequest(BaseModel):
     resources: dict[str, Any] | None = Field(None, description="per trial: cpu, gpu (fractions share a device)")
     seed: Count | None = None
     max_failures: Count | None = None
+    scheduler: dict[str, Any] | None = Field(None, description="early stopping: rungs, eta, ranking (nds | scalar)")
+    front_repeats: Count | None = Field(None, description="extra seeds each final front trial is re-run with")
 
     @field_validator("name")
     @classmethod
@@ -93,6 +96,7 @@ def limit_problems(spec: Any, limits: Limits) -> list[str]:
     ... (limits.NAME = N)``; ``[]`` when it fits. The same check holds the job defaults at start-up."""
     b = spec.budget
     checks = [("trials", spec.trials, "max_trials"), ("concurrency", spec.concurrency, "max_concurrency"),
+              ("front_repeats", spec.front_repeats, "max_front_repeats"),
               ("budget.epochs", b.epochs, "max_epochs"), ("budget.batch_size", b.batch_size, "max_batch_size"),
               ("budget.eval_batch_size", b.eval_batch_size, "max_eval_batch_size"),
               ("budget.max_train_samples", b.max_train_samples, "max_train_samples"),
@@ -231,6 +235,7 @@ def job_spec(req: JobRequest, settings: Settings, created: list[Path] | None = N
     server_only = [f for f in SERVER_FIELDS if f in body]
     backbone = body.get("backbone") if isinstance(body.get("backbone"), dict) else {}
     server_only += [f"backbone.{f}" for f in ("weights", "pretrained", "kwargs") if f in backbone]
+    server_only += [f for f in ("backbones", "library") if f in body]  # they name weight files and folders
     if server_only:
         raise HTTPException(422, f"{', '.join(server_only)}: set by the server's job defaults "
                                  "(promptsearch serve --job-defaults FILE), not by a request")

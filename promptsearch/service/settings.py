@@ -31,6 +31,8 @@ class Limits(BaseModel):
 
     # a job: 25-200 trials is the README's range; 1000 trials of ~30 s is most of a day on one GPU
     max_trials: StrictInt = Field(1000, ge=1, le=100_000)
+    # front_repeats re-runs every front trial this many more times (a front of 30 at 3: 90 trials)
+    max_front_repeats: StrictInt = Field(3, ge=0, le=20)
     # trials in flight: each is a worker process with the dataset and a backbone (~1-2 GB); 4 per GPU
     # (deploy/job-defaults.yaml) on 8 GPUs
     max_concurrency: StrictInt = Field(32, ge=1, le=4096)
