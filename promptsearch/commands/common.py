@@ -65,7 +65,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 def resolved(workspace: Any, job: str) -> tuple[Any, str]:
     """(Workspace, the job's full id) from a workspace option and a job id or unique prefix, or a
     clean exit naming what is wrong."""
-    from ..jobs import JobError
+    from ..yamlio import JobError
     from ..search.workspace import as_workspace
 
     ws = as_workspace(workspace)

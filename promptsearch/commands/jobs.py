@@ -84,7 +84,7 @@ def front_table(job_id: str, front: list[dict[str, Any]], objectives: list[dict[
 
 
 def _run(ws, job_id: str, ray_address: str | None, resume_cancelled: bool, as_json: bool) -> None:
-    from ..jobs import JobError
+    from ..yamlio import JobError
     from ..service.jobs import job_front, job_status, run_job
 
     from rich.live import Live
@@ -204,7 +204,7 @@ def jobs(workspace: Optional[Path] = WorkspaceOpt,
 def cancel(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = WorkspaceOpt,
            wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the job has stopped.")) -> None:
     """Stop a running job cleanly (its unfinished trials are recorded as preempted)."""
-    from ..jobs import JobError
+    from ..yamlio import JobError
     from ..service.jobs import cancel as cancel_job
     from ..service.jobs import job_status
 
@@ -225,7 +225,7 @@ def pareto(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), 
            as_json: bool = typer.Option(False, "--json", help="Print the front's trial records as JSON.")) -> None:
     """Print a job's Pareto front (so far, if it is still running): validation objectives only —
     test metrics belong to the trial you pick (``promptsearch export``)."""
-    from ..jobs import JobError
+    from ..yamlio import JobError
     from ..service.jobs import front_records
 
     ws, job_id = resolved(workspace, job)
@@ -255,7 +255,7 @@ def resume(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), 
 def repair(job: str = typer.Argument(..., help="Job id (or a unique prefix)."), workspace: Optional[Path] = WorkspaceOpt
            ) -> None:
     """Restore a corrupt job from its second copies and rebuild its derived files; says what it did."""
-    from ..jobs import JobError
+    from ..yamlio import JobError
     from ..service.jobs import repair as repair_job
 
     ws, job_id = resolved(workspace, job)
