@@ -282,3 +282,41 @@ def test_re_evaluation_ranks_by_the_mean_and_re_runs_trials_that_join_the_front(
     assert trials[b]["repeats"]["mean"]["auc"] == pytest.approx(0.79)
     assert [t["trial_id"] for t in job_front(ws, job_id)] == [b]
     assert st["image_passes"] == {"used": 3 * 192, "full_budget": 3 * 192, "saved": 0.0}  # re-runs apart
+
+
+@pytest.mark.parametrize("front_stopped", [False, True], ids=["stopped-off-front", "front_includes_stopped"])
+def test_a_stopped_trial_joins_the_front_only_when_the_job_asks(tmp_path, data_root, mobilenet_weights, front_stopped):
+    """SYNTHETIC results through the real loop: the second trial is stopped at rung 1 (ranked
+    below the first there) although its rung metrics beat everything that completes."""
+    from promptsearch.jobs import job_from_dict
+    from promptsearch.results import TrialResult
+    from promptsearch.search.loop import FINISHED, SearchLoop
+    from promptsearch.service.jobs import Workspace, job_front, job_status, job_trials, submit
+
+    ws = Workspace(tmp_path / "ws")
+    spec = _spec(data_root, mobilenet_weights, trials=2, front_repeats=0, objectives=["auc", "prompt_params"],
+                 scheduler={"rungs": [1], "eta": 3, "front_includes_stopped": front_stopped})
+    job_id = submit(ws, job_from_dict(spec))
+    plan = {"t0001": ([0.7, 0.8], 0.60), "t0002": ([0.65], None)}  # rung-1 AUC (then epochs 2, 3), final AUC
+
+    def fit(loop, address):
+        while (config := loop.ask()) is not FINISHED:
+            tid = config["trial_id"]
+            cand = loop.view.trials[tid]["candidate"]
+            curve, final = plan[tid]
+            rung = TrialResult(candidate=cand, status="stopped", rung=1, epochs=1, image_passes=64,
+                               metrics={"auc": curve[0], "prompt_params": 1000.0})
+            go = loop.epoch(tid, {"epoch": 1.0, "val_auc": curve[0]}, {}, rung)
+            loop.tell(tid, rung if not go else TrialResult(
+                candidate=cand, status="completed", epochs=3, image_passes=192,
+                metrics={"auc": final, "prompt_params": 1000.0}))
+
+    SearchLoop(ws, job_id, tracking=False).run(fit)
+    trials = {t["trial_id"]: t for t in job_trials(ws, job_id)}
+    assert trials["t0001"]["status"] == "completed" and trials["t0002"]["status"] == "stopped"
+    assert trials["t0002"]["rung"] == 1 and trials["t0002"]["metrics"]["auc"] == 0.65
+    front = [t["trial_id"] for t in job_front(ws, job_id)]
+    assert front == (["t0002"] if front_stopped else ["t0001"])
+    st = job_status(ws, job_id)
+    assert st["trials"]["stopped"] == 1 and st["image_passes"] == {"used": 256, "full_budget": 384,
+                                                                    "saved": pytest.approx(1 / 3)}
