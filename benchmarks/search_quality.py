@@ -339,7 +339,7 @@ def replay_one(args: tuple) -> tuple[str, int, list[float], float]:
     return strategy, seed, curve, time.process_time() - t0
 
 
-STRATEGIES_DEFAULT = ["random", "rl", "evolution", "regularized-evolution", "optuna-tpe", "optuna-nsga2"]
+STRATEGIES_DEFAULT = ["random", "rl", "evolution", "regularized-evolution", "optuna-tpe", "optuna-nsga2", "mobo"]
 
 
 def summarise(bench: Bench, curves: dict[str, list[list[float]]], cpu: dict[str, float], budget: int) -> str:
