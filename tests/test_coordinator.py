@@ -109,7 +109,8 @@ def test_job_end_to_end_with_a_raising_and_a_dying_trial(ws, tmp_path, data_root
     assert status["status"] == "completed", status["message"]
     # t0002 raised: failed (the candidate's fault); t0004's worker process died: preempted (infrastructure),
     # re-run, and the job still ends with exactly 8 finished trials
-    assert status["trials"] == {"requested": 8, "finished": 8, "completed": 7, "failed": 1, "preempted": 1, "running": 0}
+    assert status["trials"] == {"requested": 8, "finished": 8, "completed": 7, "failed": 1, "stopped": 0, "preempted": 1,
+                                "running": 0}
     assert max(len(s["running_trials"]) for s in seen) == 2  # two trials in flight at once
     assert 0 < status["hypervolume"] <= 1 and set(status["best"]) == {"auc", "worst_class_recall", "prompt_params", "latency_ms"}
     trials = {t["trial_id"]: t for t in job_trials(ws, job_id)}

@@ -885,7 +885,7 @@ def test_a_corrupt_npz_says_so_when_a_trial_loads_it(tmp_path):
     from promptsearch.data import DataError, load_dataset
 
     (tmp_path / "breastmnist.npz").write_bytes(os.urandom(4096))
-    with pytest.raises(DataError, match="breastmnist.npz .*corrupt or not an npz file"):
+    with pytest.raises(DataError, match="breastmnist.npz.*corrupt or not an npz file"):
         load_dataset("breastmnist", root=tmp_path)
     np.savez(tmp_path / "breastmnist.npz", x=np.zeros(3))
     with pytest.raises(DataError, match="not a MedMNIST archive: train_images .* \\(it holds x\\)"):
