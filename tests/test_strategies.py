@@ -74,9 +74,9 @@ def space(request):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_seeded_reproducibility(name, space):
-    a = drive(make_strategy(name, space, seed=3), 20, ahead=3, order="shuffle")
-    b = drive(make_strategy(name, space, seed=3), 20, ahead=3, order="shuffle")
-    c = drive(make_strategy(name, space, seed=4), 20, ahead=3, order="shuffle")
+    a = drive(make_strategy(name, space, seed=3), 14, ahead=3, order="shuffle")
+    b = drive(make_strategy(name, space, seed=3), 14, ahead=3, order="shuffle")
+    c = drive(make_strategy(name, space, seed=4), 14, ahead=3, order="shuffle")
     assert a == b
     assert a != c
 
@@ -118,7 +118,7 @@ def test_asks_ahead_and_out_of_order_tells(name, space):
 @pytest.mark.parametrize("name", NAMES)
 def test_state_round_trip(name, space):
     s = make_strategy(name, space, seed=5)
-    drive(s, 18, ahead=3, order="reverse")
+    drive(s, 14, ahead=3, order="reverse")
     in_flight = [s.ask() for _ in range(2)]  # saved while trials are running
     state = json.loads(json.dumps(s.state_dict(), allow_nan=False))
     r = make_strategy(name, space, seed=5)
@@ -126,7 +126,7 @@ def test_state_round_trip(name, space):
     for c in in_flight:  # the restored object accepts the tells of trials started before the save
         s.tell(c.key, result(c))
         r.tell(c.key, result(c))
-    assert drive(s, 10, ahead=2) == drive(r, 10, ahead=2)
+    assert drive(s, 6, ahead=2) == drive(r, 6, ahead=2)
     assert json.dumps(s.state_dict()) == json.dumps(r.state_dict())
 
 
@@ -202,7 +202,7 @@ def test_constraint_respected_and_no_repeats_until_exhausted(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_every_proposal_valid_on_bundled_spaces(name, space):
     s = make_strategy(name, space, seed=7)
-    genomes = drive(s, 30, ahead=4, order="shuffle", fail_every=6)
+    genomes = drive(s, 20, ahead=4, order="shuffle", fail_every=6)
     for g in genomes:
         assert space.is_valid(g) and space.canonical(g) == g
         assert space.candidate(g).arch  # decodes to a typed architecture

@@ -41,8 +41,10 @@ class MultiObjectiveBO(OptunaStrategy):
 
     name = "mobo"
 
-    def __init__(self, space, objectives=None, seed: int = 0, sampler: str = "gp", **options: Any):
-        super().__init__(space, objectives, seed, sampler=sampler, **options)
+    def __init__(self, space, objectives=None, seed: int = 0, sampler: str = "gp",
+                 max_retries: int = 3,  # each retry is a GP fit and acquisition (~0.3 s); then a random unseen one
+                 **options: Any):
+        super().__init__(space, objectives, seed, sampler=sampler, max_retries=max_retries, **options)
 
     def _suggest(self, trial: optuna.Trial) -> Genome:
         g = [trial.suggest_categorical(gene.name, list(range(len(gene.choices)))) for gene in self.space.genes]
