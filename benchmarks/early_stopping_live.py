@@ -152,5 +152,50 @@ def table() -> None:
     print("\n".join(lines))
 
 
+REPEATS_MD = RESULTS / "front_repeats_live.md"
+
+
+@app.command()
+def repeats(trials: int = typer.Option(16, help="Search trials before the front is re-evaluated."),
+            k: int = typer.Option(2, help="front_repeats: extra seeds per front trial.")) -> None:
+    """One live job on BreastMNIST (validation 78 images: the noisy case) with ``front_repeats``:
+    which front trials keep their place once ranked by their seeds' mean."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from promptsearch.jobs import job_from_dict
+    from promptsearch.service.jobs import Workspace, job_front, job_status, job_trials, run_job, submit
+
+    ws = Workspace(WS)
+    s = spec("full", trials)
+    s.update(name="live-repeats", dataset="breastmnist", front_repeats=k,
+             budget={"epochs": 3, "latency_repeats": 3, "threads": 1})
+    job_id = _job(ws, "repeats") or submit(ws, job_from_dict(s))
+    if job_status(ws, job_id)["status"] != "completed":
+        run_job(ws, job_id)
+    st = job_status(ws, job_id)
+    rep = st["repeats"]
+    trials_by_id = {t["trial_id"]: t for t in job_trials(ws, job_id)}
+    lines = ["# The front re-evaluated with more seeds (live job)", "",
+             "Made by `benchmarks/early_stopping_live.py repeats`: BreastMNIST (validation 78 images), pixel prompts on",
+             f"MobileNetV2 at 32 px, 3 epochs, random search, {trials} trials, then every front trial re-run with",
+             f"{k} more seeds (`front_repeats: {k}`); objectives AUC, worst-class recall, prompt parameters.", "",
+             f"Front before: {len(rep['front_before'])} trials; after (ranked by the mean): {len(rep['front_after'])}; "
+             f"moved off: {len(rep['moved_off'])} ({', '.join(rep['moved_off']) or 'none'}); rounds: {rep['round']}; "
+             f"re-evaluation trials: {rep['planned']}.", "",
+             "| trial | on the front after | seed-0 val AUC | mean ± sd val AUC | seed-0 worst-class recall | "
+             "mean ± sd worst-class recall | prompt params |", "|---|---|---|---|---|---|---|"]
+    after = set(rep["front_after"] or [])
+    for tid in dict.fromkeys([*rep["front_before"], *after]):
+        t = trials_by_id[tid]
+        r = t.get("repeats") or {"mean": {}, "sd": {}}
+        cell = (lambda m: f"{r['mean'][m]:.3f} ± {r['sd'][m]:.3f}" if m in r["mean"] else "-")
+        lines.append(f"| {tid} | {'yes' if tid in after else 'no'} | {t['metrics']['auc']:.3f} | {cell('auc')} | "
+                     f"{t['metrics']['worst_class_recall']:.3f} | {cell('worst_class_recall')} | "
+                     f"{t['metrics']['prompt_params']:.0f} |")
+    lines += ["", f"Hypervolume of the final front (on the means): {st['hypervolume']:.4f}; "
+              f"front now: {', '.join(t['trial_id'] for t in job_front(ws, job_id))}.", ""]
+    REPEATS_MD.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 if __name__ == "__main__":
     app()
