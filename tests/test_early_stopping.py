@@ -320,3 +320,32 @@ def test_a_stopped_trial_joins_the_front_only_when_the_job_asks(tmp_path, data_r
     st = job_status(ws, job_id)
     assert st["trials"]["stopped"] == 1 and st["image_passes"] == {"used": 256, "full_budget": 384,
                                                                     "saved": pytest.approx(1 / 3)}
+
+
+def test_a_re_evaluation_whose_worker_keeps_dying_fails_after_three_deaths(tmp_path, data_root, mobilenet_weights):
+    """SYNTHETIC results through the real loop: the dispatcher reports the re-run's worker process
+    dead every time (the fault a real worker can be made to have only by killing it)."""
+    from promptsearch.jobs import job_from_dict
+    from promptsearch.results import TrialResult
+    from promptsearch.search.loop import FINISHED, MAX_WORKER_DEATHS, WORKER_DEATH, SearchLoop
+    from promptsearch.service.jobs import Workspace, job_status, job_trials, submit
+
+    ws = Workspace(tmp_path / "ws")
+    job_id = submit(ws, job_from_dict(_spec(data_root, mobilenet_weights, trials=1, front_repeats=1, scheduler=None,
+                                            objectives=["auc", "prompt_params"])))
+
+    def fit(loop, address):
+        while (config := loop.ask()) is not FINISHED:
+            t = loop.view.trials[config["trial_id"]]
+            if t.get("repeat_of"):
+                loop.tell(config["trial_id"], None, error=f"{WORKER_DEATH}: killed")
+            else:
+                loop.tell(config["trial_id"], TrialResult(candidate=t["candidate"], status="completed", epochs=3,
+                                                          metrics={"auc": 0.8, "prompt_params": 1000.0}))
+
+    SearchLoop(ws, job_id, tracking=False).run(fit)
+    st = job_status(ws, job_id)
+    reruns = [t for t in job_trials(ws, job_id) if t.get("repeat_of")]
+    assert [t["status"] for t in reruns] == ["preempted"] * (MAX_WORKER_DEATHS - 1) + ["failed"]
+    assert "died in 3 runs" in reruns[-1]["reason"]
+    assert st["status"] == "completed" and st["repeats"]["done"]

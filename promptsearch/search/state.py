@@ -168,6 +168,7 @@ class Replay:
         self.stops: dict[str, int] = {}  # trial -> the rung the scheduler stopped it at (until it is told)
         self.repeat_trials: dict[tuple[str, int], str] = {}  # (original, seed) -> re-evaluation trial's status
         self.repeat_results: dict[str, list[dict[str, Any]]] = {}  # original -> completed re-evaluations' metrics
+        self.repeat_deaths: dict[tuple[str, int], int] = {}  # (original, seed) -> runs whose worker died
         self.best: dict[str, float] = {}
         self.hypervolume = 0.0
         self.last_failure: list[Any] | None = None  # [trial id, reason]
@@ -264,6 +265,7 @@ class Replay:
                     break
         elif t.get("repeat_of"):  # a re-evaluation: the strategy never asked it
             self.repeat_trials[(t["repeat_of"], int(t["seed"]))] = "running"
+            self.deaths[tid] = self.repeat_deaths.get((t["repeat_of"], int(t["seed"])), 0)
         elif self.history is not None:
             self.history.append((ev["seq"], "ask", tuple(genome), key))
         t.setdefault("history", [])
@@ -338,6 +340,7 @@ class Replay:
             recorded.pop(t["trial_id"], None)
         if t.get("repeat_of"):  # a re-evaluation is asked again from the plan, not re-queued
             self.repeat_trials.pop((t["repeat_of"], int(t["seed"])), None)
+            self.repeat_deaths[(t["repeat_of"], int(t["seed"]))] = int(ev.get("deaths", 0))
             t["status"] = "preempted"
             if not self.keep_finished:
                 del self.trials[t["trial_id"]]
