@@ -6,10 +6,12 @@ that space files, job files, catalogues and request bodies share.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
+
+if TYPE_CHECKING:  # imported where YAML is read: the job state's readers need only the errors
+    import yaml
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -27,6 +29,8 @@ class JobError(YamlError):
 
 def compose_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
     """Parse YAML into plain data plus a map from field path to 1-based line; duplicate keys fail."""
+    import yaml
+
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
