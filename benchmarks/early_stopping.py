@@ -184,9 +184,9 @@ def replay(table: Table, strategy: str, scheduler: Scheduler | None, seed: int, 
         raise ValueError(f"{strategy}: a partial table can only replay random search (its skips stay uniform)")
     s = make_strategy(strategy, table.space, OBJECTIVES, seed=seed, **(options or {}))
     rng = random.Random(10_000 + seed)  # the seed draws, as search_quality.replay_one
+    # a stopped trial is told "stopped" with its rung metrics (a low-fidelity result, as the search loop
+    # tells it); a strategy from before that status would count it a failure, so it gets "completed"
     told_stopped = "stopped" if _understands_stopped(s) else "completed"
-    # TODO(status "stopped"): the strategy base class is being taught status == "stopped" (a low-fidelity usable
-    # result). Until it is, a stopped trial is told "completed" with its rung metrics, so it is not lost as a failure.
     full, epochs = table.passes, table.epochs
     run = Run(axis=trials * full)
     rungs = scheduler.active(epochs) if scheduler else []
