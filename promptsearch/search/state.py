@@ -148,10 +148,10 @@ class Replay:
     Pure Python on plain dicts: a reader imports no numpy for it.
     """
 
-    def __init__(self, objectives: Sequence[Mapping[str, Any]], keep_finished: bool = True, front: Any = None,
-                 history: bool = False, curve: bool = True, front_stopped: bool = False):
-        self.objectives = [(o["name"], o["direction"] == "max") for o in objectives]
-        self.front_stopped = front_stopped  # the job's scheduler.front_includes_stopped
+    def __init__(self, static: Mapping[str, Any], keep_finished: bool = True, front: Any = None,
+                 history: bool = False, curve: bool = True):
+        self.objectives = [(o["name"], o["direction"] == "max") for o in static["objectives"]]
+        self.front_stopped = bool(static.get("front_stopped"))  # the job's scheduler.front_includes_stopped
         self.keep_finished, self.front = keep_finished, front
         self.history: list[tuple] | None = [] if history else None
         self.curve: list[list[Any]] | None = [] if curve else None  # [finished, hypervolume, trial id]
@@ -385,9 +385,8 @@ class Replay:
                 "image_passes": self.image_passes}
 
     @classmethod
-    def from_state(cls, d: Mapping[str, Any], objectives: Sequence[Mapping[str, Any]],
-                   front_stopped: bool = False) -> Replay:
-        r = cls(objectives, keep_finished=False, curve=False, front_stopped=front_stopped)
+    def from_state(cls, d: Mapping[str, Any], static: Mapping[str, Any]) -> Replay:
+        r = cls(static, keep_finished=False, curve=False)
         if not set(d["job"]) <= JOB_FIELDS | {"job_id", "updated_at"} or d["job"].get("status") not in STATUSES:
             raise EventError(f"summary has an unknown status {d['job'].get('status')!r} or field")
         r.seq, r.job = int(d["seq"]), dict(d["job"])
@@ -496,9 +495,9 @@ class JobStore:
                 time.sleep(0.05)
         raise AssertionError("unreachable")
 
-    def _legacy_replay(self, state: JobState, objectives, keep_finished: bool, history: bool = False,
+    def _legacy_replay(self, state: JobState, static: Mapping[str, Any], keep_finished: bool, history: bool = False,
                        front: Any = None) -> Replay:
-        r = Replay(objectives, keep_finished=keep_finished, front=front, history=history)
+        r = Replay(static, keep_finished=keep_finished, front=front, history=history)
         r.apply({"seq": 0, "t": state.created_at, "e": "log", "format": FORMAT, "job_id": state.job_id})
         r.apply({"seq": 1, "t": state.updated_at, "e": "base", "state": _base_state(state)})
         r.job["updated_at"] = state.updated_at
@@ -537,14 +536,14 @@ class JobStore:
             raise self.corrupt(LOG, "line 1 is not this job's log header" if line else "empty")
         return ev
 
-    def replay(self, objectives: Sequence[Mapping[str, Any]], keep_finished: bool = True, **kw: Any) -> tuple[Replay, int]:
+    def replay(self, static: Mapping[str, Any], keep_finished: bool = True, **kw: Any) -> tuple[Replay, int]:
         """The whole log replayed (torn tail dropped): (state, byte length of its complete lines)."""
         data = self._read_log(LOG)
         try:
             events, end = parse_events(data)
         except LogError as e:
             raise self.corrupt(LOG, str(e)) from None
-        r = Replay(objectives, keep_finished=keep_finished, **kw)
+        r = Replay(static, keep_finished=keep_finished, **kw)
         for i, ev in enumerate(events):
             try:
                 r.apply(ev)
@@ -559,17 +558,15 @@ class JobStore:
         events after it: O(events since the summary), not O(trials). Raises :class:`CorruptJob`."""
         if self.legacy:
             static = self.static()
-            return self._legacy_replay(self.read_legacy(), static["objectives"], keep_finished=False), static
+            return self._legacy_replay(self.read_legacy(), static, keep_finished=False), static
         summary = None
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError, EventError):
             s = json.loads(self.path(SUMMARY).read_bytes())
             if s.get("format") == FORMAT and s.get("job_id") == self.job_id:
-                summary = (Replay.from_state(s["state"], s["static"]["objectives"], s["static"].get("front_stopped", False)),
-                           s["static"], int(s["offset"]))
+                summary = (Replay.from_state(s["state"], s["static"]), s["static"], int(s["offset"]))
         if summary is None:  # missing or damaged: it is derived, the log has everything
             static = self.static()
-            return self.replay(static["objectives"], keep_finished=False, curve=False,
-                               front_stopped=static.get("front_stopped", False))[0], static
+            return self.replay(static, keep_finished=False, curve=False)[0], static
         view, static, offset = summary
         self.read_record()  # job.json is there and is a job (a resume, an export need it)
         self._header()
@@ -602,8 +599,8 @@ class JobStore:
     def read_full(self) -> Replay:
         static = self.static()
         if self.legacy:
-            return self._legacy_replay(self.read_legacy(), static["objectives"], keep_finished=True)
-        return self.replay(static["objectives"], front_stopped=static.get("front_stopped", False))[0]
+            return self._legacy_replay(self.read_legacy(), static, keep_finished=True)
+        return self.replay(static)[0]
 
     def read_front(self, seq: int) -> list[dict[str, Any]] | None:
         """The front's records from ``front.json`` if it is the one the tell at ``seq`` made
@@ -658,7 +655,7 @@ def static_info(record: Mapping[str, Any]) -> dict[str, Any]:
             "requested": spec.trials, "concurrency": spec.concurrency, "failure_limit": spec.failure_limit,
             "epochs": spec.budget.epochs, "objectives": [o.model_dump(mode="json") for o in spec.objective_list],
             "scheduler": spec.scheduler.model_dump(mode="json") if spec.scheduler else None,
-            "front_stopped": bool(spec.scheduler and spec.scheduler.front_includes_stopped),
+            "front_stopped": spec.front_stopped,
             "front_repeats": spec.front_repeats}
 
 
@@ -704,8 +701,7 @@ class JobWriter:
         for name in (LOG, MIRROR):  # the log first: it is never behind its mirror
             atomic_write(store.path(name), header)
         w = cls(store, static)
-        w.view = Replay(static["objectives"], keep_finished=False, curve=False,
-                        front_stopped=static.get("front_stopped", False))
+        w.view = Replay(static, keep_finished=False, curve=False)
         w.view.apply(json.loads(header))
         w.offset = len(header)
         w.write_summary()
@@ -721,8 +717,7 @@ class JobWriter:
             events, end = parse_events(data)
         except LogError as e:
             raise store.corrupt(LOG, str(e)) from None
-        view = Replay(self.static["objectives"], keep_finished=False, front=front, history=history,
-                      front_stopped=self.static.get("front_stopped", False))
+        view = Replay(self.static, keep_finished=False, front=front, history=history)
         for i, ev in enumerate(events):
             try:
                 view.apply(ev)
@@ -950,7 +945,7 @@ def repair(store: JobStore) -> list[str]:
         static = store.static()
         # replay what survived, each seq from the copy whose line fits (the log's first); events
         # that fit in neither (after a lost one they depend on) are dropped
-        r = Replay(static["objectives"], front_stopped=static.get("front_stopped", False))
+        r = Replay(static)
         kept: list[tuple[bytes, dict[str, Any]]] = []
         dropped = 0
         for s in sorted(events):

@@ -194,7 +194,7 @@ def _replayed(store: JobStore, static: dict[str, Any]) -> _Replayed:
                 return item
         _trial_cache.drop(key)
     before = os.stat(store.path(LOG))
-    view, end = store.replay(static["objectives"], front_stopped=static.get("front_stopped", False))  # or CorruptJob
+    view, end = store.replay(static)  # or CorruptJob
     with open(store.path(LOG), "rb") as f:
         after = os.fstat(f.fileno())
         data = f.read(end)
@@ -283,7 +283,7 @@ def check_readable(workspace: Workspace | str | Path | None, job_id: str) -> Non
     if store.legacy:
         store.read_legacy()
     else:
-        store.replay(static["objectives"], keep_finished=False, curve=False)
+        store.replay(static, keep_finished=False, curve=False)
 
 
 def job_front(workspace: Workspace | str | Path | None, job_id: str) -> list[dict[str, Any]]:
