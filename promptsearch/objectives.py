@@ -166,8 +166,11 @@ def _status_metrics(result: Any) -> tuple[str | None, Mapping[str, Any]]:
 def objective_row(result: Any, objectives: Sequence[Objective]) -> np.ndarray | None:
     """A completed result's raw objective values (m,), or None if it failed or any is missing or non-finite."""
     status, metrics = _status_metrics(result)
-    if status != "completed":
-        return None
+    return metrics_row(metrics, objectives) if status == "completed" else None
+
+
+def metrics_row(metrics: Mapping[str, Any], objectives: Sequence[Objective]) -> np.ndarray | None:
+    """The raw objective values (m,) in ``metrics``, or None if any is missing or non-finite."""
     try:
         row = np.array([float(metrics[o.name]) for o in objectives], dtype=float)
     except (KeyError, TypeError, ValueError):

@@ -24,7 +24,7 @@ from typing import Any
 import moocore
 import numpy as np
 
-from ..objectives import DEFAULT_OBJECTIVES, Objective, hypervolume, objective_row
+from ..objectives import DEFAULT_OBJECTIVES, Objective, hypervolume, metrics_row
 from .records import effective_metrics, front_status
 
 
@@ -96,7 +96,7 @@ class Front:
         the job asks, a re-evaluation trial)."""
         if not front_status(record, self.include_stopped):
             return None
-        return objective_row({"status": "completed", "metrics": effective_metrics(record)}, self.objectives)
+        return metrics_row(effective_metrics(record), self.objectives)
 
     def _flush(self) -> None:
         if not self._pending:
