@@ -191,6 +191,11 @@ class JobSpec(BaseModel):
             options.setdefault("scalarization", self.scalarization)
         return options
 
+    @property
+    def front_stopped(self) -> bool:
+        """Whether stopped trials may be on the front (``scheduler.front_includes_stopped``)."""
+        return bool(self.scheduler and self.scheduler.front_includes_stopped)
+
     def backbone_for(self, alias: str | None) -> BackboneSpec:
         """The frozen backbone of a candidate whose ``backbone`` decision is ``alias`` ("" or None:
         the job's ``backbone``)."""

@@ -111,9 +111,8 @@ def export_job(workspace: Any, job_id: str, pick: str = "knee", out: str | Path 
         if trial["status"] not in ("completed", "stopped"):  # a stopped trial: its weights at its rung
             raise NothingToExport(f"trial {wanted} of job {job_id} is {trial['status']}, not completed: nothing to export")
     else:
-        front_stopped = bool(spec.scheduler and spec.scheduler.front_includes_stopped)
         try:  # over the trials that may be on the front, ranked by their seeds' mean where re-evaluated
-            trial = trials[pick_trial(ranked(trials, front_stopped), objectives, pick)]
+            trial = trials[pick_trial(ranked(trials, spec.front_stopped), objectives, pick)]
         except ObjectiveError as e:
             raise ExportError(f"job {job_id}: {e}") from None
     weights = trial.get("weights")

@@ -16,11 +16,12 @@ and re-queued.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,14 +72,13 @@ class SearchLoop:
             raise JobError(f"job {job_id}: stored space hash {self.job['space_hash']} != {self.space.hash}")
         self.objectives = self.spec.objective_list
         self.static = static_info(self.job)
-        self.front = Front(self.objectives, include_stopped=self.static["front_stopped"])
+        self.front = self._new_front()
         t0 = time.perf_counter()
         self.writer = JobWriter(store, self.static)
         self.view = self.writer.open(front=self.front, history=True)  # running trials only, counts, front
         history, self.view.history = self.view.history or [], None
         if (self.view.job.get("repeats") or {}).get("done"):  # the front is ranked by its seeds' means
-            self.front = Front(self.objectives, include_stopped=self.static["front_stopped"])
-            self.front.extend(store.read_full().trials.values())
+            self.front = self._new_front(store.read_full().trials.values())
         self.degraded: str | None = None  # why the strategy could not be restored exactly
         self.strategy = self._restore_strategy(store, history)
         self.restore_s = time.perf_counter() - t0
@@ -118,6 +118,13 @@ class SearchLoop:
         s = self._new_strategy()
         s.load_state_dict(s.state_dict(history=False), history=[h[1:] for h in history])
         return s
+
+    def _new_front(self, records: Collection[dict[str, Any]] = ()) -> Front:
+        """The job's front (its objectives; stopped trials only if the job lets them on) over ``records``."""
+        front = Front(self.objectives, include_stopped=self.static["front_stopped"])
+        if records:
+            front.extend(records)
+        return front
 
     def _snapshot(self) -> None:
         self.writer.write_snapshot(self.strategy.state_dict(history=False))
@@ -445,8 +452,7 @@ class SearchLoop:
                         *self.view.repeat_results.get(trial_id, [])]
                 t["repeats"] = seed_summary(runs)
                 self._emit("repeats", id=trial_id, set=t["repeats"])
-        front = Front(self.objectives, include_stopped=self.static["front_stopped"])
-        front.extend(trials.values())
+        front = self._new_front(trials.values())
         members = front.records()
         if any(r["status"] == "completed" and r["trial_id"] not in rep["candidates"] for r in members) \
                 and rep["round"] < REPEAT_ROUNDS:
@@ -474,10 +480,10 @@ class SearchLoop:
         scheduler = self.spec.scheduler
         if scheduler is None or rung_result is None or rung_result.rung is None or t.get("repeat_of"):
             return True
-        from ..objectives import normalised_values, objective_row
+        from ..objectives import metrics_row, normalised_values
         from ..rungs import promote
 
-        raw = objective_row({"status": "completed", "metrics": rung_result.metrics}, self.objectives)
+        raw = metrics_row(rung_result.metrics, self.objectives)
         if raw is None:  # a non-finite objective at the rung: the trial goes on (and fails or recovers)
             return True
         vector = [round(float(x), 9) for x in normalised_values(raw, self.objectives)[0]]
@@ -487,8 +493,8 @@ class SearchLoop:
         self._emit("rung", id=trial_id, rung=rung, v=vector, go=go)
         return go
 
-    @property
-    def _weights(self):
+    @functools.cached_property
+    def _weights(self):  # the job's scalarization weights (the scalar rung ranking uses them)
         from ..objectives import Scalarization
 
         return Scalarization(**(self.spec.scalarization or {})).weights(self.objectives)
