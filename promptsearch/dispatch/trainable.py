@@ -120,9 +120,9 @@ def train_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     backbone = _cached(("backbone", json.dumps(backbone_spec.to_json(), sort_keys=True), init_seed), make_backbone)
     node = _node()
 
-    def on_epoch(epoch: int, row: dict[str, float]) -> None:
+    def on_epoch(epoch: int, row: dict[str, float], **extra: Any) -> None:
         node["threads"] = torch.get_num_threads()  # inside run_trial's thread scope: what the trial runs with
-        tune.report({**row, "history_row": json.dumps(row), **node})
+        tune.report({**row, "history_row": json.dumps(row), **extra, **node})
         if fault == "exit":
             os._exit(13)  # the worker process dies mid-trial, as an OOM kill or a segfault would
 
@@ -133,9 +133,8 @@ def train_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     def on_rung(epoch: int, row: dict[str, float], result) -> None:
         # the trial as if it ended here (weights written): if the scheduler stops it, Tune hands this
         # last report to the searcher's on_trial_complete, and the loop records it stopped
-        node["threads"] = torch.get_num_threads()
-        tune.report({**row, "history_row": json.dumps(row), "rung_result": json.dumps(result.model_dump()),
-                     "weights": weights, "cpu_time_s": time.process_time() - cpu0, **node})
+        on_epoch(epoch, row, rung_result=json.dumps(result.model_dump()), weights=weights,
+                 cpu_time_s=time.process_time() - cpu0)
 
     result = run_trial(candidate, data, backbone, budget, seed=int(config["seed"]), on_epoch=on_epoch,
                        weights_out=weights, rungs=spec.rungs, on_rung=on_rung)
