@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,24 @@ def write_job_defaults(folder: Path, data_root: Path, weights: Path, max_train_s
         "strategy": "random", "trials": trials, "concurrency": 1, "resources": {"cpu": 1}, "seed": 0,
     }))
     return path
+
+
+# --- the browser tests: Debian's chromium driven by playwright (never `playwright install`) --------------
+ARTIFACTS = REPO / "test-artifacts"  # screenshots and downloads of the browser tests
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless chromium per test module (skips where it is not installed)."""
+    if CHROMIUM is None:
+        pytest.skip("chromium missing")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -30,13 +30,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import write_job_defaults
+from conftest import ARTIFACTS, CHROMIUM, write_job_defaults  # the browser fixture is conftest's
 
 REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run"]
 MAIN = {"name": "choose", "trials": 4, "strategy": "random", "seed": 0, "budget": {"epochs": 2}}
 OTHER = {"name": "other", "trials": 2, "strategy": "random", "seed": 1, "budget": {"epochs": 5}}
 
@@ -142,19 +138,6 @@ def done(server, submitted) -> dict[str, str]:
     for job_id in submitted.values():
         server.wait_job(job_id)
     return submitted
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("chromium missing")
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

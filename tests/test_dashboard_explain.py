@@ -30,8 +30,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from conftest import write_job_defaults
-from test_dashboard import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, Server
+from conftest import ARTIFACTS, CHROMIUM, write_job_defaults  # the browser fixture is conftest's
+from test_dashboard import Server
 
 pytestmark = pytest.mark.slow
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
@@ -56,19 +56,6 @@ def job(server) -> str:
     assert r.status_code == 201, r.text
     server.wait_job(r.json()["id"])
     return r.json()["id"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("chromium missing")
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
