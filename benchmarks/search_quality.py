@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import functools
+import hashlib
 import json
 import math
 import os
@@ -212,13 +214,20 @@ class Recorder:
                 "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def _shard(key: str, workers: int) -> int:
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % workers
+
+
 def _record_shard(args: tuple[str, int, int, int | None]) -> int:
     name, worker, workers, limit = args
     bench = BENCHES[name]
     rec = Recorder(bench, worker)
-    done = {(r["key"], int(r["seed"])) for r in read_rows(bench.table)}
-    todo = [(c, s) for i, c in enumerate(candidates(rec.space)) for s in bench.seeds
-            if i % workers == worker and (c.key, s) not in done]
+    # resumed by architecture, not key: a key hashes the space file, and an equivalence rule added to
+    # it later (one identity for what was two) must not re-record what the table holds; a candidate's
+    # worker is a hash of it, not its place in the list, which such a rule shifts
+    done = {(r["architecture"], int(r["seed"])) for r in read_rows(bench.table)}
+    todo = [(c, s) for c in candidates(rec.space) for s in bench.seeds
+            if _shard(arch_key(c), workers) == worker and (arch_key(c), s) not in done]
     if limit is not None:
         todo = todo[:limit]
     for n, (cand, seed) in enumerate(todo, 1):
@@ -296,16 +305,22 @@ class ExactOracle:
     def result(self, cand, rng: random.Random) -> dict[str, Any]:
         return as_result(self.row(cand, rng))
 
+    def mean_result(self, cand) -> dict[str, Any]:
+        """``cand`` at its seeds' mean metrics (what it is worth, rather than what one lookup drew)."""
+        return self._means[arch_key(cand)]
+
+    @functools.cached_property
+    def _means(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for arch, rows in self.rows.items():
+            ok = [r for r in rows if r["status"] == "completed"]
+            metrics = {k: sum(float(r[k]) for r in ok) / len(ok) for k in ("auc", "worst_class_recall", "prompt_params")}
+            out[arch] = {"status": "completed", "metrics": metrics} if ok else {"status": "failed", "metrics": {}}
+        return out
+
     def mean_results(self) -> list[dict[str, Any]]:
         """One result per candidate with its seeds' mean metrics (the table's ceiling)."""
-        out = []
-        for rows in self.rows.values():
-            ok = [r for r in rows if r["status"] == "completed"]
-            if not ok:
-                continue
-            metrics = {k: sum(float(r[k]) for r in ok) / len(ok) for k in ("auc", "worst_class_recall", "prompt_params")}
-            out.append({"status": "completed", "metrics": metrics})
-        return out
+        return [r for r in self._means.values() if r["status"] == "completed"]
 
 
 def as_result(r: dict[str, str]) -> dict[str, Any]:
@@ -314,8 +329,10 @@ def as_result(r: dict[str, str]) -> dict[str, Any]:
     return {"status": "completed", "metrics": {k: float(r[k]) for k in METRICS if r.get(k)}}
 
 
-def replay_one(args: tuple) -> tuple[str, int, list[float], float]:
-    """One strategy run of ``budget`` sequential asks and tells: its running hypervolume.
+def replay_one(args: tuple) -> tuple[str, int, list[float], float, list[float]]:
+    """One strategy run of ``budget`` sequential asks and tells: its running hypervolume (of the
+    told results), CPU seconds in ask and tell, and the running hypervolume of the candidates found at
+    their seed-mean metrics (what the search found is worth, without the luck of the seeds drawn).
     ``args``: (strategy, bench, seed, budget, options JSON[, decisions to pin JSON])."""
     from promptsearch.strategies import make_strategy
 
@@ -328,21 +345,27 @@ def replay_one(args: tuple) -> tuple[str, int, list[float], float]:
     s = make_strategy(strategy, space, BENCH_OBJECTIVES, seed=seed, **json.loads(options or "{}"))
     rng = random.Random(10_000 + seed)  # the seed draws: common to every strategy with this replay seed
     told: list[dict[str, Any]] = []
-    curve = []
-    t0 = time.process_time()
+    found: list[dict[str, Any]] = []
+    curve, worth = [], []
+    cpu = 0.0
     for _ in range(budget):
+        t0 = time.process_time()
         cand = s.ask()
         res = oracle.result(cand, rng)
         s.tell(cand.key, res)
+        cpu += time.process_time() - t0
         told.append(res)
+        found.append(oracle.mean_result(cand))
         curve.append(hypervolume(told, BENCH_OBJECTIVES))
-    return strategy, seed, curve, time.process_time() - t0
+        worth.append(hypervolume(found, BENCH_OBJECTIVES))
+    return strategy, seed, curve, cpu, worth
 
 
 STRATEGIES_DEFAULT = ["random", "rl", "evolution", "regularized-evolution", "optuna-tpe", "optuna-nsga2", "mobo"]
 
 
-def summarise(bench: Bench, curves: dict[str, list[list[float]]], cpu: dict[str, float], budget: int) -> str:
+def summarise(bench: Bench, curves: dict[str, list[list[float]]], cpu: dict[str, float], budget: int,
+              worth: dict[str, list[list[float]]] | None = None) -> str:
     import numpy as np
     from scipy.stats import mannwhitneyu
 
@@ -354,8 +377,10 @@ def summarise(bench: Bench, curves: dict[str, list[list[float]]], cpu: dict[str,
     lines = [f"bench `{bench.name}`: {len(oracle.rows)} candidates, {sum(map(len, oracle.rows.values()))} recorded trials; "
              f"ceiling (whole table, seed-mean metrics) HV {ceiling:.4f}",
              "", "| strategy | " + " | ".join(f"HV @{b} (p vs random)" for b in marks)
-             + f" | trials to random's HV@{marks[-1]} ({target:.4f}) | CPU s/run |",
-             "|---|" + "---|" * (len(marks) + 2)]
+             + f" | trials to random's HV@{marks[-1]} ({target:.4f})"
+             + (f" | found, at seed means: HV @{marks[1 if len(marks) > 1 else 0]} / @{marks[-1]}" if worth else "")
+             + " | CPU s/run |",
+             "|---|" + "---|" * (len(marks) + 2 + bool(worth))]
     for name, runs in curves.items():
         arr = np.array(runs)
         cells = []
@@ -370,7 +395,10 @@ def summarise(bench: Bench, curves: dict[str, list[list[float]]], cpu: dict[str,
         per_seed = [int(np.nonzero(r >= target - 1e-12)[0][0]) + 1 for r in arr if (r >= target - 1e-12).any()]
         reach += f" (mean curve); {len(per_seed)}/{len(arr)} seeds reach it" + \
                  (f", median {int(np.median(per_seed))}" if per_seed else "")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {reach} | {cpu[name] / len(runs):.1f} |")
+        if worth:
+            w = np.array(worth[name])
+            reach += f" | {w[:, marks[1 if len(marks) > 1 else 0] - 1].mean():.4f} / {w[:, marks[-1] - 1].mean():.4f}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {reach} | {cpu[name] / len(runs):.2f} |")
     return "\n".join(lines)
 
 
@@ -394,17 +422,61 @@ def replay(benches: str = typer.Option(",".join(BENCHES), help="Comma-separated 
         with mp.get_context("spawn").Pool(workers) as pool:
             results = pool.map(replay_one, jobs)
         curves: dict[str, list[list[float]]] = {}
+        worth: dict[str, list[list[float]]] = {}
         cpu: dict[str, float] = {}
-        for name, _, curve, c in results:
+        for name, _, curve, c, w in results:
             curves.setdefault(name, []).append(curve)
+            worth.setdefault(name, []).append(w)
             cpu[name] = cpu.get(name, 0.0) + c
-        sections.append(f"## {bench_name}\n\n" + summarise(bench, curves, cpu, budget)
+        sections.append(f"## {bench_name}\n\n" + summarise(bench, curves, cpu, budget, worth)
                         + f"\n\nreplay wall time {time.perf_counter() - t0:.0f} s ({workers} processes)\n")
         write_curves(RESULTS / f"search_quality_{bench_name}_curves.csv", curves)
         plot(RESULTS / f"search_quality_{bench_name}_hv.png", bench_name, curves)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(sections))
     print(out.read_text())
+
+
+@app.command()
+def tune(strategy: str = typer.Argument(..., help="The strategy whose options are tuned."),
+         grid: str = typer.Argument(..., help='JSON: {"option": [value, ...]}; every combination is replayed.'),
+         bench: str = typer.Option("pneumoniamnist", help="The tuning bench (never the report bench)."),
+         seeds: int = typer.Option(20), budget: int = typer.Option(100), workers: int = typer.Option(2),
+         out: Path = typer.Option(RESULTS / "search_quality_tuning.md", help="Appended: one section per call.")) -> None:
+    """Replay ``strategy`` under every combination of ``grid`` on the tuning bench against random
+    (the same replay seeds): mean HV at 25 / 50 / 100 trials and the one-sided Mann-Whitney p at 50."""
+    import itertools
+    import multiprocessing as mp
+
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    options = json.loads(grid)
+    combos = [dict(zip(options, values)) for values in itertools.product(*options.values())]
+    jobs = [("random", bench, seed, budget, "{}") for seed in range(seeds)]
+    jobs += [(strategy, bench, seed, budget, json.dumps(c)) for c in combos for seed in range(seeds)]
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(workers) as pool:
+        results = pool.map(replay_one, jobs)
+    runs = [np.array([r[2] for r in results[i: i + seeds]]) for i in range(0, len(results), seeds)]
+    base, arms = runs[0], runs[1:]
+    marks = [b for b in (25, 50, 100) if b <= budget]
+    mid = marks[1] if len(marks) > 1 else marks[0]
+    rows = [("random (reference)", base, None)] + [(json.dumps(c), a, mannwhitneyu(a[:, mid - 1], base[:, mid - 1],
+                                                    alternative="greater").pvalue) for c, a in zip(combos, arms)]
+    rows.sort(key=lambda r: -r[1][:, mid - 1].mean())
+    text = [f"## {strategy} on `{bench}` ({seeds} seeds, {budget} trials)", "",
+            f"    python benchmarks/search_quality.py tune {strategy} '{grid}' --bench {bench} --seeds {seeds} --budget {budget}",
+            "", "| options | " + " | ".join(f"HV @{b}" for b in marks) + f" | p vs random @{mid} |",
+            "|---|" + "---|" * (len(marks) + 1)]
+    for name, a, p in rows:
+        text.append(f"| {name} | " + " | ".join(f"{a[:, b - 1].mean():.4f}" for b in marks)
+                    + f" | {'' if p is None else f'{p:.3g}'} |")
+    text.append(f"\nwall time {time.perf_counter() - t0:.0f} s ({workers} processes)\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        f.write("\n".join(text) + "\n")
+    print("\n".join(text))
 
 
 def write_curves(path: Path, curves: dict[str, list[list[float]]]) -> None:

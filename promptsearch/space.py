@@ -24,7 +24,10 @@ decision whose ``when`` is unmet). With ``equivalence: [scratch_components]`` in
 that start from scratch are interchangeable (the model stacks library blocks first, then scratch
 ones, and a scratch block's name enters nothing), so only *how many* scratch components are on
 matters; the canonical genome switches on the first that many scratch-eligible components (all
-components when ``source`` is scratch, the ``scratch`` list when it is library).
+components when ``source`` is scratch, the ``scratch`` list when it is library). With
+``single_component_fusion``: a prompt of fewer than two components builds no fusion (the prompt
+modules use the one block as it is), so every ``fusion`` value is one candidate there and the
+canonical genome holds the first choice.
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ AdapterKind = Literal["none", "bottleneck", "conv"]  # adapters.ADAPTER_KINDS im
 LoraTarget = Literal["q", "k", "v", "proj"]  # adapters.LORA_TARGETS: slices of timm's fused qkv, and proj
 ComponentSource = Literal["scratch", "library"]  # where a chosen component's block starts (promptsearch.library)
 Tuning = Literal["finetuned", "frozen"]  # whether library blocks train in the trial
-EquivalenceRule = Literal["scratch_components"]  # SearchSpace.canonical: scratch blocks are interchangeable
+# SearchSpace.canonical: scratch blocks are interchangeable; the fusion of fewer than two blocks is moot
+EquivalenceRule = Literal["scratch_components", "single_component_fusion"]
 DEPTH_RE = re.compile(r"^(shallow|deep|first_[1-9][0-9]*)$")
 BLOCKS_RE = re.compile(r"^(all|(first|last|every)_[1-9][0-9]*)$")  # adapters.BLOCK_SETS: all, first, last, every
 
@@ -362,6 +366,9 @@ class SearchSpace:
             k = sum(g[i] for i in eligible)
             for j, i in enumerate(eligible):
                 g[i] = int(j < k)
+        if "single_component_fusion" in self.spec.equivalence and "fusion" in self._index \
+                and self.n_components_on(g) < 2:
+            g[self._index["fusion"]] = 0
         return tuple(g)
 
     def _source(self, genome: Sequence[int]) -> str:
@@ -404,29 +411,38 @@ class SearchSpace:
             refs.add("source")  # the component count depends on it
         return sorted(refs, key=self._index.__getitem__)
 
-    def _component_count(self, source: str | None = None) -> int:
-        """Distinct component sets (canonical) with at least ``min_components`` on."""
+    def _component_counts(self, source: str | None = None) -> dict[int, int]:
+        """Distinct component sets (canonical) with at least ``min_components`` on, by how many are on."""
         n = sum(len(v) for v in self.spec.components.values())
         lo = self.spec.min_components
         if "scratch_components" not in self.spec.equivalence:
-            return sum(math.comb(n, k) for k in range(lo, n + 1))
+            return {k: math.comb(n, k) for k in range(lo, n + 1)}
         if (source or Architecture.model_fields["source"].default) != "library":
-            return n + 1 - lo  # only how many are on matters
+            return {k: 1 for k in range(lo, n + 1)}  # only how many are on matters
         s = len(self.spec.scratch)  # scratch-eligible: only how many; the library-backed ones by name
-        return sum(math.comb(n - s, j) for j in range(n - s + 1) for k in range(s + 1) if j + k >= lo)
+        out: dict[int, int] = {}
+        for j in range(n - s + 1):
+            for k in range(s + 1):
+                if j + k >= lo:
+                    out[j + k] = out.get(j + k, 0) + math.comb(n - s, j)
+        return out
 
     def size(self) -> int:
         """The number of distinct valid architectures (canonical genomes)."""
         ctrl = self._controllers()
+        moot = "single_component_fusion" in self.spec.equivalence and "fusion" in self.spec.decisions
         total = 0
         for combo in itertools.product(*(self.spec.decisions[c].choices for c in ctrl)):
             fixed = dict(zip(ctrl, combo))
-            n = 1
+            n, fusions = 1, 1  # ways of the other decisions; of the fusion (counted apart: moot for < 2 components)
             for d in self.spec.decisions.values():
                 if d.name in fixed:
                     continue
                 if all(fixed[r] in allowed for r, allowed in d.when.items()):
-                    n *= len(d.choices)
+                    if moot and d.name == "fusion":
+                        fusions = len(d.choices)
+                    else:
+                        n *= len(d.choices)
             # a combination whose controllers are themselves inactive is counted once, not per value
             g = [0] * len(self.genes)
             for name, value in fixed.items():
@@ -434,9 +450,16 @@ class SearchSpace:
             act = self.active(g)
             if any(not act[self._index[c]] and fixed[c] != self.spec.decisions[c].choices[0] for c in ctrl):
                 continue
-            total += n * (self._component_count(self._source(g)) if "scratch_components" in self.spec.equivalence
-                          else 1)
-        return total if "scratch_components" in self.spec.equivalence else total * self._component_count()
+            counts = self._component_counts(self._source(g))
+            few = sum(c for k, c in counts.items() if k < 2)
+            many = sum(counts.values()) - few
+            if not moot:
+                total += n * (many + few)
+            elif "fusion" in fixed:  # the fusion is itself a controller: a moot one counts at its first value only
+                total += n * (many + (few if g[self._index["fusion"]] == 0 else 0))
+            else:
+                total += n * (fusions * many + few)
+        return total
 
     def enumerate(self) -> Iterator[Candidate]:
         """Every distinct valid candidate, in genome order (only sensible for small spaces)."""

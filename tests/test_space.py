@@ -128,6 +128,32 @@ def test_size_equals_enumeration():
     assert vpt.size() == len(list(vpt.enumerate())) == 4 * 2 * 2 * 1 * 3
 
 
+def test_single_component_fusion_makes_one_candidate_of_every_fusion_of_one_block():
+    # the prompt modules build no fusion for fewer than two blocks: a pixel prompt of one component
+    # is the same model under every fusion (same parameters, same output), so the rule folds them
+    import torch
+
+    from promptsearch.prompts import PixelPrompt, TokenPrompt
+
+    plain = parse_space(GOOD, "tiny.yaml")
+    s = parse_space(GOOD + "equivalence: [single_component_fusion]\n", "tiny.yaml")
+    one = {"module": "pixel", "components": {"anatomical": ["lung"]}}
+    a, b = (s.candidate(s.encode({**one, "fusion": f})) for f in ("concat", "gate"))
+    assert a.key == b.key and a.architecture["fusion"] == "concat"
+    two = {"module": "pixel", "components": {"anatomical": ["lung", "heart"]}}
+    assert len({s.candidate(s.encode({**two, "fusion": f})).key for f in ("concat", "gate")}) == 2
+    for module, build, x in (("pixel", lambda arch: PixelPrompt(arch, 32).eval(), torch.rand(2, 3, 32, 32)),  # (B, 3, S, S)
+                             ("token", lambda arch: TokenPrompt(arch, 16, 2, 48).eval(), None)):
+        built = []
+        for f in ("concat", "gate"):
+            torch.manual_seed(0)
+            built.append(build(plain.candidate(plain.encode({**one, "module": module, "fusion": f})).arch))
+        assert [p.shape for p in built[0].parameters()] == [p.shape for p in built[1].parameters()]
+        assert torch.equal(built[0](x) if x is not None else built[0](), built[1](x) if x is not None else built[1]())
+    # pixel: 2 fusions x 4 sets of two or more + 3 single sets; token: 2 tokens x as many
+    assert s.size() == len(list(s.enumerate())) == (2 * 4 + 3) + 2 * (2 * 4 + 3) < plain.size()
+
+
 def test_component_constraint_and_repair():
     s = load_space("medical")
     g = list(s.sample(0).genome)
