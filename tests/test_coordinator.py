@@ -162,6 +162,7 @@ def test_job_end_to_end_with_a_raising_and_a_dying_trial(ws, tmp_path, data_root
             assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == t["reason"][:5000]
 
 
+@pytest.mark.long
 def test_nan_trials_fail_and_the_failure_limit_stops_the_job(ws, data_root, mobilenet_weights):
     # one validation image: its AUC is NaN for real, so every trial fails
     spec = job_from_dict(_spec_dict(data_root, mobilenet_weights, name="nan", trials=6, max_failures=2,
@@ -233,6 +234,7 @@ def test_kill_9_of_the_coordinator_then_resume(ws, tmp_path, data_root, mobilene
         assert run.data.tags["status"] == "preempted" and run.info.status == "KILLED"
 
 
+@pytest.mark.long
 def test_sigterm_stops_a_search_gracefully_then_resume_completes(ws, tmp_path, data_root, mobilenet_weights):
     """SIGTERM (``timeout``, a container stop, systemd) stops ``promptsearch search`` like Ctrl-C:
     trials preempted, the job reads interrupted (resumable), not failed with SystemExit;
@@ -337,6 +339,7 @@ def ray_cluster(tmp: Path, logs: Path, nodes: int = 2):
                 os.killpg(p.pid, signal.SIGKILL)  # anything of ours that outlived the graceful stop
 
 
+@pytest.mark.long
 def test_two_node_ray_cluster_runs_trials_on_both_nodes(ws, tmp_path, tmp_path_factory, data_root, mobilenet_weights,
                                                        monkeypatch):
     """The CLI's ``--ray-address`` on a real two-node cluster; then, in this process, a local job

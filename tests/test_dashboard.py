@@ -162,6 +162,7 @@ def usable(trials: list[dict], objectives=("auc", "worst_class_recall", "prompt_
 
 # --- live: a running job's epochs arrive without a reload -----------------------------------------------------
 @needs_chromium
+@pytest.mark.long
 def test_live_epochs_and_last_heard(server, submitted, page):
     """The page of the queued "other" job follows it through running to completed: a running trial's
     epochs count up in the table and on its learning curve, and the page says when it last heard

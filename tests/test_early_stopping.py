@@ -136,6 +136,7 @@ def _events(ws, job_id, kind):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_a_job_stops_trials_at_rungs_survives_kill_9_and_re_evaluates_its_front(tmp_path, data_root,
                                                                                 mobilenet_weights):
     from mlflow.tracking import MlflowClient

@@ -341,6 +341,7 @@ def test_export_cli_compress_and_examples(tmp_path, data_root, mobilenet_weights
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
+@pytest.mark.long
 def test_a_random_init_vit_job_exports_the_backbone_its_trials_trained_on(tmp_path, data_root, breast):
     """A random-init backbone is the trial seed's in the Ray trainable (which caches one per
     process) as in ``load_exported``: the exported model reproduces what the job recorded."""
@@ -403,6 +404,7 @@ def test_a_backbone_decision_needs_the_job_to_name_its_backbones(tmp_path, data_
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
+@pytest.mark.long
 def test_a_job_searches_the_backbone_and_exports_the_one_each_trial_used(tmp_path, data_root, mobilenet_weights, breast):
     from promptsearch.export.job import export_job
     from promptsearch.jobs import job_from_dict

@@ -694,6 +694,7 @@ def _loopback(ip: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_a_served_job_listens_on_loopback_only_keeps_the_token_and_its_files_private(tmp_path, data_root, mobilenet_weights):
     from test_service import Server, _job_process, wait_for
 
@@ -777,6 +778,7 @@ job_id=$(ls "$ws/jobs")
 
 @needs_mounts
 @pytest.mark.slow
+@pytest.mark.long
 def test_a_disk_that_fills_mid_job_is_one_line_leaves_no_temp_file_and_the_job_resumes(tmp_path, data_root,
                                                                                         mobilenet_weights):
     job = tmp_path / "job.yaml"

@@ -311,6 +311,7 @@ def _browser(p):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+@pytest.mark.long
 def test_dashboard_in_chromium(server, finished_job, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -410,6 +411,7 @@ def _job_process(job_id: str) -> int | None:
     return None
 
 
+@pytest.mark.long
 def test_a_killed_job_process_reads_interrupted_and_resumes(server):
     """The process running a job dies (kill -9, as the OOM killer would) while the server lives:
     the job reads ``interrupted`` with the exit code and its log, and POST resume finishes it."""
@@ -425,6 +427,7 @@ def test_a_killed_job_process_reads_interrupted_and_resumes(server):
     assert job["done"] == 2 and job["running"] == 0
 
 
+@pytest.mark.long
 def test_killed_server_restarts_and_jobs_finish(tmp_path, defaults):
     """kill -9 the server while a job runs and another waits: after a restart the queued job runs
     and the interrupted one resumes; it ends with exactly the requested trials, none re-run."""
