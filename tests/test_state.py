@@ -231,6 +231,27 @@ def test_pareto_cli_prints_no_test_column(job):
     assert r.exit_code == 0 and json.loads(r.stdout) and all("test_metrics" not in t for t in json.loads(r.stdout))
 
 
+@pytest.mark.parametrize("width", [160, 80, 40])
+def test_the_front_prints_every_trial_and_folds_architectures_to_the_width(job, width):
+    from promptsearch.commands.jobs import _arch, front_text
+    from promptsearch.service.jobs import front_records
+
+    ws, job_id = job
+    front, _, static = front_records(ws.store(job_id))
+    lines = front_text(job_id, front, static["objectives"], width).splitlines()
+    assert lines[0] == f"Pareto front of {job_id} ({len(front)} trial(s))" and front
+    columns = len(next(line for line in lines if line.startswith("-")))  # the rule under the header
+    assert all(len(line) <= max(width, columns) for line in lines)
+    ids = [r["trial_id"] for r in front]
+    starts = [i for i, line in enumerate(lines) if line.split(" ", 1)[0] in ids]
+    assert [lines[i].split()[0] for i in starts] == ids  # every trial once, in the front's order
+    for n, r in enumerate(front):
+        block = lines[starts[n]: starts[n + 1] if n + 1 < len(starts) else len(lines)]
+        assert all(line.startswith(" ") for line in block[1:])  # continuation lines are indented
+        squeezed = "".join(" ".join(block).split())  # folding only breaks at (or inside) words
+        assert squeezed.endswith("".join(_arch(r["candidate"]).split()))
+
+
 # --- corrupt files ---------------------------------------------------------------------------------------
 DAMAGE = {
     "random bytes": lambda p: p.write_bytes(os.urandom(2000)),
