@@ -314,13 +314,10 @@ class ExactOracle:
         out = {}
         for arch, rows in self.rows.items():
             ok = [r for r in rows if r["status"] == "completed"]
-            metrics = {k: sum(float(r[k]) for r in ok) / len(ok) for k in ("auc", "worst_class_recall", "prompt_params")}
-            out[arch] = {"status": "completed", "metrics": metrics} if ok else {"status": "failed", "metrics": {}}
+            out[arch] = {"status": "completed", "metrics": {k: sum(float(r[k]) for r in ok) / len(ok) for k in
+                                                            ("auc", "worst_class_recall", "prompt_params")}} \
+                if ok else {"status": "failed", "metrics": {}}
         return out
-
-    def mean_results(self) -> list[dict[str, Any]]:
-        """One result per candidate with its seeds' mean metrics (the table's ceiling)."""
-        return [r for r in self._means.values() if r["status"] == "completed"]
 
 
 def as_result(r: dict[str, str]) -> dict[str, Any]:
@@ -361,6 +358,47 @@ def replay_one(args: tuple) -> tuple[str, int, list[float], float, list[float]]:
     return strategy, seed, curve, cpu, worth
 
 
+CACHE = RESULTS / ".replay-cache"  # one JSON per replay run (git-ignored): a rerun replays only what changed
+
+
+def _run_key(args: tuple) -> str:
+    """What a replay run depends on: its arguments, the table's rows and the strategies' source."""
+    bench = BENCHES[args[1]]
+    h = hashlib.sha256(json.dumps(list(args)).encode())
+    h.update(bench.table.read_bytes())
+    h.update(Path(bench.space).read_bytes())
+    import inspect
+
+    from promptsearch.strategies import STRATEGIES
+
+    classes = [c for c in STRATEGIES.get_or_raise(args[0]).__mro__ if c.__module__.startswith("promptsearch")]
+    sources = sorted({inspect.getsourcefile(c) for c in classes})  # the strategy's own code and its bases'
+    for f in [*sources, REPO / "promptsearch" / "space.py", REPO / "promptsearch" / "objectives.py"]:
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:24]
+
+
+def _cached_replay(args: tuple) -> tuple:
+    path = CACHE / f"{_run_key(args)}.json"
+    if path.exists():
+        return tuple(json.loads(path.read_text()))
+    out = replay_one(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(out))
+    tmp.replace(path)
+    return out
+
+
+def replay_many(jobs: list[tuple], workers: int) -> list[tuple]:
+    """``replay_one`` of every job, ``workers`` processes; runs already in :data:`CACHE` (same
+    arguments, table and strategy code) are read back, not replayed."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(workers) as pool:
+        return pool.map(_cached_replay, jobs)
+
+
 STRATEGIES_DEFAULT = ["random", "rl", "evolution", "regularized-evolution", "optuna-tpe", "optuna-nsga2", "mobo"]
 
 
@@ -370,12 +408,14 @@ def summarise(bench: Bench, curves: dict[str, list[list[float]]], cpu: dict[str,
     from scipy.stats import mannwhitneyu
 
     oracle = ExactOracle(read_rows(bench.table))
-    ceiling = hypervolume(oracle.mean_results(), BENCH_OBJECTIVES)
+    cands = candidates(bench.load_space())
+    ceiling = hypervolume([oracle.mean_result(c) for c in cands], BENCH_OBJECTIVES)
     marks = [b for b in (25, 50, 100) if b <= budget]
     base = np.array(curves["random"]) if "random" in curves else None
     target = float(base[:, marks[-1] - 1].mean()) if base is not None else math.nan
-    lines = [f"bench `{bench.name}`: {len(oracle.rows)} candidates, {sum(map(len, oracle.rows.values()))} recorded trials; "
-             f"ceiling (whole table, seed-mean metrics) HV {ceiling:.4f}",
+    used = sum(len(oracle.rows[arch_key(c)]) for c in cands)
+    lines = [f"bench `{bench.name}`: {len(cands)} candidates, {used} recorded trials of them; "
+             f"ceiling (every candidate at its seed-mean metrics) HV {ceiling:.4f}",
              "", "| strategy | " + " | ".join(f"HV @{b} (p vs random)" for b in marks)
              + f" | trials to random's HV@{marks[-1]} ({target:.4f})"
              + (f" | found, at seed means: HV @{marks[1 if len(marks) > 1 else 0]} / @{marks[-1]}" if worth else "")
@@ -409,7 +449,6 @@ def replay(benches: str = typer.Option(",".join(BENCHES), help="Comma-separated 
            seeds: int = typer.Option(20), budget: int = typer.Option(100),
            workers: int = typer.Option(2), out: Path = typer.Option(RESULTS / "search_quality.md")) -> None:
     """Replay every strategy ``seeds`` times on each bench; write the table, curves and plot."""
-    import multiprocessing as mp
 
     opts = json.loads(options)
     sections = [f"# Search quality (exact replay over recorded real trials)\n\n    python benchmarks/search_quality.py "
@@ -419,8 +458,7 @@ def replay(benches: str = typer.Option(",".join(BENCHES), help="Comma-separated 
         jobs = [(s, bench_name, seed, budget, json.dumps(opts.get(s, {}))) for s in strategies.split(",")
                 for seed in range(seeds)]
         t0 = time.perf_counter()
-        with mp.get_context("spawn").Pool(workers) as pool:
-            results = pool.map(replay_one, jobs)
+        results = replay_many(jobs, workers)
         curves: dict[str, list[list[float]]] = {}
         worth: dict[str, list[list[float]]] = {}
         cpu: dict[str, float] = {}
@@ -446,7 +484,6 @@ def tune(strategy: str = typer.Argument(..., help="The strategy whose options ar
     """Replay ``strategy`` under every combination of ``grid`` on the tuning bench against random
     (the same replay seeds): mean HV at 25 / 50 / 100 trials and the one-sided Mann-Whitney p at 50."""
     import itertools
-    import multiprocessing as mp
 
     import numpy as np
     from scipy.stats import mannwhitneyu
@@ -456,8 +493,7 @@ def tune(strategy: str = typer.Argument(..., help="The strategy whose options ar
     jobs = [("random", bench, seed, budget, "{}") for seed in range(seeds)]
     jobs += [(strategy, bench, seed, budget, json.dumps(c)) for c in combos for seed in range(seeds)]
     t0 = time.perf_counter()
-    with mp.get_context("spawn").Pool(workers) as pool:
-        results = pool.map(replay_one, jobs)
+    results = replay_many(jobs, workers)
     runs = [np.array([r[2] for r in results[i: i + seeds]]) for i in range(0, len(results), seeds)]
     base, arms = runs[0], runs[1:]
     marks = [b for b in (25, 50, 100) if b <= budget]

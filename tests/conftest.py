@@ -86,3 +86,14 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the mark must be on the item by then
+def pytest_collection_modifyitems(items):
+    """A test module's ``LONG_OFF_SPACE = {name: space}``: its tests parametrized with that ``name``
+    on any other ``space`` are marked ``long`` (tests/test_strategies.py: mobo's GP off the pixel space)."""
+    for item in items:
+        rule = getattr(item.module, "LONG_OFF_SPACE", None)
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if rule and params.get("name") in rule and params.get("space", rule[params["name"]]) != rule[params["name"]]:
+            item.add_marker(pytest.mark.long)
