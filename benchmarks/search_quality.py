@@ -515,6 +515,68 @@ def tune(strategy: str = typer.Argument(..., help="The strategy whose options ar
     print("\n".join(text))
 
 
+@app.command()
+def card(out: Path = typer.Option(DATA / "README.md")) -> None:
+    """The tables' card: each bench's space, recipe, what is recorded, its cost and its noise, read
+    from the tables themselves (rerun it as a recording grows)."""
+    import numpy as np
+
+    text = ["# Search-quality tables (the exact benchmark's data)", "",
+            "    python benchmarks/search_quality.py card      # writes this file from the tables", "",
+            "Each `search_quality_<bench>.csv` holds trials of *every* distinct candidate of its bench space",
+            "(`bench_<bench>.yaml`), trained with the project's own trial code (`promptsearch.trial.run_trial`:",
+            "frozen ImageNet backbone, pixel prompts over component-library blocks, a new linear head) on the",
+            "bench's target; one row per (candidate, seed), with the per-epoch validation curve (`curve`: epoch,",
+            "train loss, validation AUC and worst-class recall), the validation metrics of the last epoch (what",
+            "the benchmark searches on), the test metrics (reported, never searched on), the image passes it",
+            "trained, and its wall time. `search_quality_<bench>.json` holds the recording's settings (space",
+            "hash, backbones and weights, libraries, epochs, training images, seeds, torch). Append-only,",
+            "resumable (`record` skips what is there); a torn last line is dropped when read.", ""]
+    for bench in BENCHES.values():
+        rows = read_rows(bench.table)
+        meta = json.loads(bench.table.with_suffix(".json").read_text()) if bench.table.with_suffix(".json").exists() else {}
+        space = bench.load_space()
+        cands = candidates(space)
+        keys = {arch_key(c) for c in cands}
+        used = [r for r in rows if r["architecture"] in keys]
+        by: dict[str, list[dict[str, str]]] = {}
+        for r in used:
+            by.setdefault(r["architecture"], []).append(r)
+        full = [rs for rs in by.values() if len(rs) >= len(bench.seeds)]
+        ok = [r for r in used if r["status"] == "completed"]
+        text += [f"## `{bench.name}`", "",
+                 f"- space `{Path(bench.space).name}` (hash {space.hash}): **{len(cands)} distinct candidates** "
+                 f"({', '.join(f'{d} {len(v.choices)}' for d, v in space.spec.decisions.items() if len(v.choices) > 1)}; "
+                 f"components {', '.join(n for g in space.spec.components.values() for n in g)}, at least "
+                 f"{space.spec.min_components}; equivalence {', '.join(space.spec.equivalence) or 'none'})",
+                 f"- recipe: {bench.epochs} epochs, {bench.max_train_samples} training images, batch {bench.batch_size}, "
+                 f"32 px, seeds {list(bench.seeds)}, one torch thread a trial; backbones "
+                 + ", ".join(f"{k} (`{v['name']}`)" for k, v in bench.backbones.items()),
+                 f"- recorded: {len(used)} of {len(cands) * len(bench.seeds)} rows ({len(full)} of {len(cands)} candidates "
+                 f"with every seed){'' if len(full) == len(cands) else ' — **partial**: the recording continues'}; "
+                 f"{len(used) - len(ok)} failed; {len(rows) - len(used)} more rows of candidates an equivalence rule "
+                 "later folded into one (left unused)"
+                 + (f"; started {meta.get('started', '?')}" if meta else "")]
+        if ok:
+            wall = {}
+            for r in ok:
+                wall.setdefault(json.loads(r["architecture"]).get("backbone", "?"), []).append(float(r["wall_time_s"]))
+            text.append("- cost (wall time of a trial on one thread, median; the machine was shared): "
+                        + ", ".join(f"{k} {np.median(v):.1f} s ({len(v)} trials)" for k, v in sorted(wall.items()))
+                        + f"; {sum(float(r['wall_time_s']) for r in ok) / 3600:.2f} h of trial time in all")
+            pairs = [[float(r["auc"]) for r in rs if r["status"] == "completed"] for rs in full]
+            pairs = [p for p in pairs if len(p) >= 2]
+            if pairs:
+                seed_sd = float(np.median([np.std(p, ddof=1) for p in pairs]))
+                means = [np.mean(p) for p in pairs]
+                text.append(f"- noise: validation AUC seed s.d. (median over candidates) {seed_sd:.4f}; spread between "
+                            f"candidates' seed means s.d. {np.std(means, ddof=1):.4f} (range {min(means):.3f}–{max(means):.3f}); "
+                            f"ratio {seed_sd / max(np.std(means, ddof=1), 1e-12):.2f}")
+        text.append("")
+    out.write_text("\n".join(text))
+    print(out.read_text())
+
+
 def write_curves(path: Path, curves: dict[str, list[list[float]]]) -> None:
     import numpy as np
 
