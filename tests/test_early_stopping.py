@@ -318,6 +318,13 @@ def test_a_stopped_trial_joins_the_front_only_when_the_job_asks(tmp_path, data_r
     assert trials["t0002"]["rung"] == 1 and trials["t0002"]["metrics"]["auc"] == 0.65
     front = [t["trial_id"] for t in job_front(ws, job_id)]
     assert front == (["t0002"] if front_stopped else ["t0001"])
+    # every other view of the trials ranks them as the job's front does: the trials table (CLI, CSV)
+    from promptsearch.service.analysis import space_of, trial_rows
+
+    record = ws.read_job(job_id)
+    _, rows = trial_rows(job_trials(ws, job_id), space_of(record["space"]),
+                         job_from_dict(spec).objective_list, front_stopped=front_stopped)
+    assert [r["trial_id"] for r in rows if r["on_front"]] == front
     st = job_status(ws, job_id)
     assert st["trials"]["stopped"] == 1 and st["image_passes"] == {"used": 256, "full_budget": 384,
                                                                     "saved": pytest.approx(1 / 3)}

@@ -38,8 +38,10 @@ def trials(job: str = typer.Argument(..., help="Job id (or a unique prefix)."),
         fail("--out writes --csv or --json")
     ws, job_id = resolved(workspace, job)
     record = ws.read_job(job_id)
-    objectives = JobSpec.model_validate(record["spec"]).objective_list
-    cols, rows = trial_rows(job_trials(ws, job_id), space_of(record["space"]), objectives, include_test=test)
+    spec = JobSpec.model_validate(record["spec"])
+    objectives = spec.objective_list
+    cols, rows = trial_rows(job_trials(ws, job_id), space_of(record["space"]), objectives, include_test=test,
+                            front_stopped=spec.front_stopped)
     if status:
         rows = [r for r in rows if r["status"] == status]
     if as_csv or as_json:

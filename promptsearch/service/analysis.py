@@ -77,7 +77,7 @@ def table_columns(records: Sequence[Mapping[str, Any]], space: SearchSpace, obje
 
 
 def trial_rows(records: Sequence[Mapping[str, Any]], space: SearchSpace, objectives: Sequence[Objective],
-               include_test: bool = False) -> tuple[list[str], list[dict[str, Any]]]:
+               include_test: bool = False, front_stopped: bool = False) -> tuple[list[str], list[dict[str, Any]]]:
     """``(columns, rows)``: one flat row per trial in record order. A decision a trial does not
     use (its ``when`` is not met) is ``None``; component groups are lists of the names switched on.
     Test-split metrics are left out unless ``include_test``: a table sorted by them selects on
@@ -86,7 +86,8 @@ def trial_rows(records: Sequence[Mapping[str, Any]], space: SearchSpace, objecti
     metric_cols = set(_metric_names(records, "metrics", []))
     from ..search.records import ranked
 
-    rank_of = front_ranks(ranked(list(records)), objectives)  # stopped trials and re-evaluations off the front
+    # re-evaluations off the front; stopped trials too, unless the job puts them on it (front_stopped)
+    rank_of = front_ranks(ranked(list(records), front_stopped), objectives)
     rows = []
     for i, r in enumerate(records):
         cand = r.get("candidate") or {}

@@ -34,7 +34,7 @@ from fastapi.responses import Response
 from ..objectives import ObjectiveError, objective_row
 from . import analysis, jobs
 from .requests import valid_id
-from .views import existing, job_objectives, pareto_view, status_of, trial_views
+from .views import existing, job_objectives, job_spec, pareto_view, status_of, trial_views
 
 MAX_COMPARE = 8  # jobs on one compare plot (each one's trials are read in full)
 
@@ -54,7 +54,8 @@ def trials_download(ws: Path, job_id: str, fmt: Literal["csv", "json"], status: 
     one column per decision; test metrics only with ``include_test``."""
     existing(ws, job_id)
     records = jobs.job_trials(ws, job_id)
-    cols, rows = analysis.trial_rows(records, job_space(ws, job_id), job_objectives(ws, job_id), include_test)
+    spec = job_spec(ws, job_id)
+    cols, rows = analysis.trial_rows(records, job_space(ws, job_id), spec.objective_list, include_test, spec.front_stopped)
     if status:
         rows = [r for r in rows if r["status"] == status]
     rows = rows[offset:offset + limit if limit else None]
@@ -188,12 +189,14 @@ def analysis_router(ws: Path, guarded: list) -> APIRouter:
         out = []
         for s in statuses:
             p = pareto_view(ws, s["job_id"])
-            objectives = job_objectives(ws, s["job_id"])
+            spec = job_spec(ws, s["job_id"])
+            objectives = spec.objective_list
             names = [o.name for o in objectives]
+            ranked_as = ("completed", "stopped") if spec.front_stopped else ("completed",)  # as the job's own front
             points = [{"trial_id": t.trial_id, "number": t.number, "on_front": t.on_front,
                        "metrics": {n: t.metrics[n] for n in names if n in t.metrics}}
-                      for t in trial_views(jobs.job_trials(ws, s["job_id"]), objectives)
-                      if t.status == "completed" and all(n in t.metrics for n in names)]
+                      for t in trial_views(jobs.job_trials(ws, s["job_id"]), objectives, spec.front_stopped)
+                      if t.status in ranked_as and all(n in t.metrics for n in names)]
             out.append({"id": s["job_id"], "name": s["name"], "status": s["status"], "strategy": s["strategy"],
                         "dataset": s["dataset"], "hypervolume": p.hypervolume, "hypervolume_curve": p.hypervolume_curve,
                         "front": p.front, "knee": p.knee, "trials": points})

@@ -114,10 +114,15 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds") if ts else None
 
 
-def job_objectives(ws: Path, job_id: str):
+def job_spec(ws: Path, job_id: str):
+    """The job's validated spec (:class:`~promptsearch.jobs.JobSpec`)."""
     from ..jobs import JobSpec
 
-    return JobSpec.model_validate(jobs.Workspace(ws).read_job(job_id)["spec"]).objective_list
+    return JobSpec.model_validate(jobs.Workspace(ws).read_job(job_id)["spec"])
+
+
+def job_objectives(ws: Path, job_id: str):
+    return job_spec(ws, job_id).objective_list
 
 
 def spec_json(ws: Path, job_id: str) -> dict[str, Any]:
