@@ -118,14 +118,11 @@ class Table:
 def table_from_rows(bench: sq.Bench, rows: list[dict[str, str]]) -> Table:
     seeds = set(bench.seeds)
     space = bench.load_space()
-    keys = {sq.arch_key(c) for c in sq.candidates(space)}
-    by_arch: dict[str, list[dict[str, str]]] = {}
-    for r in rows:  # a row of a candidate an equivalence rule later folded into another is left out
-        if r["architecture"] in keys:
-            by_arch.setdefault(r["architecture"], []).append(r)
+    by_arch = sq.candidate_rows(space, rows)
     full = [r for rs in by_arch.values() if {int(x["seed"]) for x in rs} >= seeds for r in rs]
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-    return Table(bench, space, sq.ExactOracle(full), len(rows), len(by_arch), len(keys), digest)
+    return Table(bench, space, sq.ExactOracle(full), len(rows), sum(1 for rs in by_arch.values() if rs), len(by_arch),
+                 digest)
 
 
 def load_table(name: str, rows: int | None = None) -> Table:

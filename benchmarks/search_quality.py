@@ -161,6 +161,16 @@ def candidates(space: SearchSpace) -> list:
     return list(seen.values())
 
 
+def candidate_rows(space: SearchSpace, rows: Iterable[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+    """The table's rows by candidate (``arch_key``) of ``space``, every candidate present (an empty
+    list if unrecorded); a row of a candidate an equivalence rule later folded into another is left out."""
+    out: dict[str, list[dict[str, str]]] = {arch_key(c): [] for c in candidates(space)}
+    for r in rows:
+        if r["architecture"] in out:
+            out[r["architecture"]].append(r)
+    return out
+
+
 # --- recording ------------------------------------------------------------------------------------
 class Recorder:
     """Trains candidates of one bench in this process (one torch thread), caching data and backbones."""
@@ -309,6 +319,10 @@ class ExactOracle:
         """``cand`` at its seeds' mean metrics (what it is worth, rather than what one lookup drew)."""
         return self._means[arch_key(cand)]
 
+    def mean_results(self) -> list[dict[str, Any]]:
+        """Every completed candidate at its seeds' mean metrics (over the whole table: the ceiling)."""
+        return [r for r in self._means.values() if r["status"] == "completed"]
+
     @functools.cached_property
     def _means(self) -> dict[str, dict[str, Any]]:
         out = {}
@@ -362,15 +376,15 @@ CACHE = RESULTS / ".replay-cache"  # one JSON per replay run (git-ignored): a re
 
 
 def _run_key(args: tuple) -> str:
-    """What a replay run depends on: its arguments, the table's rows and the strategies' source."""
-    bench = BENCHES[args[1]]
-    h = hashlib.sha256(json.dumps(list(args)).encode())
-    h.update(bench.table.read_bytes())
-    h.update(Path(bench.space).read_bytes())
+    """What a replay run depends on: its arguments, the table's rows and the strategy's source."""
     import inspect
 
     from promptsearch.strategies import STRATEGIES
 
+    bench = BENCHES[args[1]]
+    h = hashlib.sha256(json.dumps(list(args)).encode())
+    h.update(bench.table.read_bytes())
+    h.update(Path(bench.space).read_bytes())
     classes = [c for c in STRATEGIES.get_or_raise(args[0]).__mro__ if c.__module__.startswith("promptsearch")]
     sources = sorted({inspect.getsourcefile(c) for c in classes})  # the strategy's own code and its bases'
     for f in [*sources, REPO / "promptsearch" / "space.py", REPO / "promptsearch" / "objectives.py"]:
@@ -407,18 +421,18 @@ def summarise(bench: Bench, curves: dict[str, list[list[float]]], cpu: dict[str,
     import numpy as np
     from scipy.stats import mannwhitneyu
 
-    oracle = ExactOracle(read_rows(bench.table))
-    cands = candidates(bench.load_space())
-    ceiling = hypervolume([oracle.mean_result(c) for c in cands], BENCH_OBJECTIVES)
+    by = candidate_rows(bench.load_space(), read_rows(bench.table))
+    oracle = ExactOracle(r for rs in by.values() for r in rs)
+    ceiling = hypervolume(oracle.mean_results(), BENCH_OBJECTIVES)
     marks = [b for b in (25, 50, 100) if b <= budget]
+    mid = marks[1] if len(marks) > 1 else marks[0]
     base = np.array(curves["random"]) if "random" in curves else None
     target = float(base[:, marks[-1] - 1].mean()) if base is not None else math.nan
-    used = sum(len(oracle.rows[arch_key(c)]) for c in cands)
-    lines = [f"bench `{bench.name}`: {len(cands)} candidates, {used} recorded trials of them; "
+    lines = [f"bench `{bench.name}`: {len(by)} candidates, {sum(map(len, by.values()))} recorded trials of them; "
              f"ceiling (every candidate at its seed-mean metrics) HV {ceiling:.4f}",
              "", "| strategy | " + " | ".join(f"HV @{b} (p vs random)" for b in marks)
              + f" | trials to random's HV@{marks[-1]} ({target:.4f})"
-             + (f" | found, at seed means: HV @{marks[1 if len(marks) > 1 else 0]} / @{marks[-1]}" if worth else "")
+             + (f" | found, at seed means: HV @{mid} / @{marks[-1]}" if worth else "")
              + " | CPU s/run |",
              "|---|" + "---|" * (len(marks) + 2 + bool(worth))]
     for name, runs in curves.items():
@@ -437,7 +451,7 @@ def summarise(bench: Bench, curves: dict[str, list[list[float]]], cpu: dict[str,
                  (f", median {int(np.median(per_seed))}" if per_seed else "")
         if worth:
             w = np.array(worth[name])
-            reach += f" | {w[:, marks[1 if len(marks) > 1 else 0] - 1].mean():.4f} / {w[:, marks[-1] - 1].mean():.4f}"
+            reach += f" | {w[:, mid - 1].mean():.4f} / {w[:, marks[-1] - 1].mean():.4f}"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {reach} | {cpu[name] / len(runs):.2f} |")
     return "\n".join(lines)
 
@@ -536,12 +550,9 @@ def card(out: Path = typer.Option(DATA / "README.md")) -> None:
         rows = read_rows(bench.table)
         meta = json.loads(bench.table.with_suffix(".json").read_text()) if bench.table.with_suffix(".json").exists() else {}
         space = bench.load_space()
-        cands = candidates(space)
-        keys = {arch_key(c) for c in cands}
-        used = [r for r in rows if r["architecture"] in keys]
-        by: dict[str, list[dict[str, str]]] = {}
-        for r in used:
-            by.setdefault(r["architecture"], []).append(r)
+        by = candidate_rows(space, rows)
+        cands = list(by)
+        used = [r for rs in by.values() for r in rs]
         full = [rs for rs in by.values() if len(rs) >= len(bench.seeds)]
         ok = [r for r in used if r["status"] == "completed"]
         text += [f"## `{bench.name}`", "",

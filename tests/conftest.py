@@ -93,7 +93,8 @@ def pytest_collection_modifyitems(items):
     """A test module's ``LONG_OFF_SPACE = {name: space}``: its tests parametrized with that ``name``
     on any other ``space`` are marked ``long`` (tests/test_strategies.py: mobo's GP off the pixel space)."""
     for item in items:
-        rule = getattr(item.module, "LONG_OFF_SPACE", None)
+        rule = getattr(item.module, "LONG_OFF_SPACE", {})
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if rule and params.get("name") in rule and params.get("space", rule[params["name"]]) != rule[params["name"]]:
+        home = rule.get(params.get("name"))
+        if home is not None and "space" in params and params["space"] != home:
             item.add_marker(pytest.mark.long)

@@ -82,18 +82,17 @@ def front_text(job_id: str, front: list[dict[str, Any]], objectives: list[dict[s
     rows = [[r["trial_id"], *(_fmt(r["metrics"].get(o["name"])) for o in objectives), _arch(r["candidate"])]
             for r in front]
     widths = [max(len(x) for x in col) for col in zip(head, *(r[:-1] for r in rows))]
-    left = sum(widths) + 2 * len(widths)  # each column and its two-space gap
-    below = width - left < 30  # a narrow terminal: the architecture goes under its row
-    if below:
-        left = 4
-    fold = width - left
+    columns = sum(widths) + 2 * len(widths)  # each fixed column and its two-space gap
+    below = width - columns < 30  # a narrow terminal: the architecture goes under its row
+    indent = 4 if below else columns  # where the architecture's lines start
+    fold = width - indent
 
     def line(cells: list[str], arch: str) -> list[str]:
         first = "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
         parts = textwrap.wrap(arch, fold, break_on_hyphens=False) or [""]
         if below:
-            return [first, *(" " * left + p for p in parts)]
-        return [f"{first}  {parts[0]}".rstrip(), *(" " * left + p for p in parts[1:])]
+            return [first, *(" " * indent + p for p in parts)]
+        return [f"{first}  {parts[0]}".rstrip(), *(" " * indent + p for p in parts[1:])]
 
     out = [f"Pareto front of {job_id} ({len(front)} trial(s))", *line(head, "architecture"),
            "  ".join("-" * w for w in widths) + ("" if below else "  " + "-" * 12)]
