@@ -274,6 +274,56 @@ def test_rl_update_moves_the_policy_towards_rewarded_choices():
     assert sum(v == 3 for v in last) >= 10  # from 1 in 4 at the start
 
 
+def test_rl_samples_only_unseen_candidates_where_the_space_is_small():
+    """A policy that has narrowed re-proposes what it already has; ``unseen`` (default) samples the
+    policy conditioned on a new candidate, so no proposal is wasted and none falls back to random."""
+    space = load_space("vpt")  # 48 candidates
+    proposals = {}
+    for unseen in (True, False):
+        s = make_strategy("rl", space, seed=0, warmup=0, lr=0.1, unseen=unseen)
+        calls = 0
+        propose = s._propose
+
+        def counted(propose=propose):
+            nonlocal calls
+            calls += 1
+            return propose()
+
+        s._propose = counted
+        keys = []
+        for _ in range(40):
+            c = s.ask()
+            keys.append(c.key)
+            s.tell(c.key, TrialResult(candidate=c.to_json(), status="completed",
+                                      metrics={"auc": 0.9 if c.genome[1] == 0 else 0.5, "worst_class_recall": 0.5,
+                                               "prompt_params": 1000.0, "latency_ms": 1.0}))
+        assert len(set(keys)) == 40
+        proposals[unseen] = calls
+    assert proposals[True] == 40 and proposals[False] > 60, proposals
+
+
+def test_rl_elite_imitation_raises_the_best_result_s_likelihood():
+    """Priority queue training: with ``elite``, each update also raises the log-likelihood of the
+    best results so far, so the best genome gains more than under REINFORCE alone."""
+    space = load_space("pixel")
+    gains = {}
+    for elite in (0, 2):
+        s = make_strategy("rl", space, seed=0, batch_size=4, warmup=0, lr=0.05, elite=elite)
+        best = None
+        for i in range(8):
+            c = s.ask()
+            best = best or c.genome
+            top = c.genome == best
+            s.tell(c.key, TrialResult(candidate=c.to_json(), status="completed",
+                                      metrics={"auc": 0.99 if top else 0.6, "worst_class_recall": 0.9 if top else 0.3,
+                                               "prompt_params": 1000.0, "latency_ms": 1.0}))
+            if i == 0:
+                before = float(s._walk([best])[1][0].detach())
+        assert not elite or s._elites()[0] == best  # the dominating result heads the queue
+        gains[elite] = float(s._walk([best])[1][0].detach()) - before
+    assert gains[2] > gains[0] + 0.5, gains
+
+
 def test_evolution_keeps_the_front_and_aging_keeps_the_young():
     space = load_space("pixel")
     res = target_landscape(space)

@@ -33,11 +33,17 @@ import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import math
+
+import numpy as np
 import torch
 from torch import nn
 
 from ..threads import torch_threads
 from .base import STRATEGIES, Genome, Observation, Strategy, front_distance, hv_gain, nondominated
+
+
+UNSEEN_MAX = 65_536  # raw genomes (product of the genes' choices) up to which ``unseen`` enumerates them
 
 
 class Controller(nn.Module):
@@ -104,14 +110,25 @@ class RLStrategy(Strategy):
                  scalar_weight: float = 0.1,  # keeps dominated results ranked under the "hv" reward
                  warmup: int = 8,  # uniform asks before the controller samples
                  update_steps: int = 1,  # Adam steps per batch (more reuse each reward; 1 = ENAS)
+                 elite: int = 0,  # best results imitated each update (priority queue training); 0 = off
+                 elite_weight: float = 1.0,  # weight of their log-likelihood in the loss
+                 unseen: bool = True,  # sample only candidates not asked yet (spaces of <= UNSEEN_MAX raw genomes)
+                 model_steps: int = 0,  # Dyna: updates on a learned model's imagined rewards per real update
+                 model_batch: int = 16,  # genomes sampled per imagined update
                  **common: Any):
         super().__init__(space, objectives, seed, **common)
         if not (hidden >= 1 and lr > 0 and batch_size >= 1 and temperature > 0 and tanh_constant > 0
                 and entropy_weight >= 0 and 0 <= baseline_decay < 1 and reward in ("hv", "scalar")
-                and scalar_weight >= 0 and warmup >= 0 and update_steps >= 1):
+                and scalar_weight >= 0 and warmup >= 0 and update_steps >= 1 and elite >= 0 and elite_weight >= 0
+                and model_steps >= 0 and model_batch >= 2):
             raise ValueError("rl options out of range: hidden>=1, lr>0, batch_size>=1, temperature>0, "
                              "tanh_constant>0, entropy_weight>=0, 0<=baseline_decay<1, reward hv|scalar, "
-                             "scalar_weight>=0, warmup>=0, update_steps>=1")
+                             "scalar_weight>=0, warmup>=0, update_steps>=1, elite>=0, elite_weight>=0, "
+                             "model_steps>=0, model_batch>=2")
+        self.elite, self.elite_weight = elite, elite_weight
+        self.model_steps, self.model_batch = model_steps, model_batch
+        self.unseen = bool(unseen) and math.prod(space.cardinalities) <= UNSEEN_MAX
+        self._raw: tuple[np.ndarray, list[Genome]] | None = None  # built on first use
         self.reward_kind, self.scalar_weight, self.warmup, self.update_steps = reward, scalar_weight, warmup, update_steps
         self.lr, self.batch_size = lr, batch_size
         self.temperature, self.tanh_constant = temperature, tanh_constant
@@ -131,10 +148,13 @@ class RLStrategy(Strategy):
         """Sample one genome (``genomes=None``) or score a batch: (genomes, log p (B,), entropy (B,)).
 
         Rows of a batch step together; a row with no decision at a gene keeps its LSTM state and
-        input, so each row sees exactly the computation it would see alone.
+        input, so each row sees exactly the computation it would see alone. A sample under
+        ``unseen`` only takes choices that still lead to a candidate not asked yet (the policy
+        conditioned on "new"); a scored batch sees the policy itself.
         """
         space, ctl = self.space, self.controller
         sample = genomes is None
+        alive = self._alive() if sample else None  # (R,) walk genomes still leading to an unseen candidate
         G = [[0] * len(space.genes)] if sample else [list(g) for g in genomes]
         B = len(G)
         x = ctl.start.expand(B, -1)  # (B, H) input of the first step
@@ -154,10 +174,16 @@ class RLStrategy(Strategy):
                 must = torch.tensor([space.n_components_on(g[:i] + [0] * (len(g) - i)) + left < space.spec.min_components
                                      for g in G])  # (B,)
                 logits = logits.masked_fill(torch.stack([must, torch.zeros_like(must)], 1), float("-inf"))
+            if alive is not None:  # choices whose every completion was asked already are out
+                raw = self._raw[0][alive, i]  # (R',)
+                logits = logits.masked_fill(~torch.from_numpy(np.isin(np.arange(len(gene.choices)), raw))[None, :],
+                                            float("-inf"))
             logprobs = torch.log_softmax(logits, -1)  # (B, k)
             probs = logprobs.exp()
             if sample:
                 G[0][i] = int(torch.multinomial(probs[0].detach(), 1, generator=self.generator))
+                if alive is not None:
+                    alive = alive & (self._raw[0][:, i] == G[0][i])
             choice = torch.tensor([g[i] for g in G])  # (B,)
             step_ent = -(probs * torch.where(probs > 0, logprobs, torch.zeros_like(logprobs))).sum(-1)  # (B,)
             logp = logp + torch.where(act, logprobs.gather(1, choice[:, None])[:, 0], 0.0)
@@ -166,6 +192,31 @@ class RLStrategy(Strategy):
             x = torch.where(keep, ctl.embed[i](choice), x)  # (B, H): the choice feeds the next step
             h, c = torch.where(keep, h2, h), torch.where(keep, c2, c)
         return G, logp, ent
+
+    def _alive(self) -> np.ndarray | None:
+        """(R,) which of the genomes the walk can produce have a canonical form not asked yet;
+        ``None`` when ``unseen`` is off or every candidate was asked (repeats are then allowed)."""
+        if not self.unseen:
+            return None
+        if self._raw is None:
+            space = self.space
+            walkable = [g for g in self._walkable() if space.is_valid(g)]
+            self._raw = (np.array(walkable, dtype=np.int64), [space.canonical(g) for g in walkable])  # (R, G), R
+        alive = np.array([c not in self.asked for c in self._raw[1]])
+        return alive if alive.any() else None
+
+    def _walkable(self) -> list[list[int]]:
+        """Every genome the walk can produce: a gene branches where it is a decision (active given
+        the earlier genes, two or more choices), else takes 0 — as :meth:`_walk` does."""
+        space, n = self.space, len(self.space.genes)
+        prefixes: list[list[int]] = [[]]
+        for i, k in enumerate(space.cardinalities):
+            nxt = []
+            for g in prefixes:
+                branch = k > 1 and space.active(g + [0] * (n - i))[i]  # 'when' looks only at earlier genes
+                nxt += [g + [c] for c in range(k)] if branch else [g + [0]]
+            prefixes = nxt
+        return prefixes
 
     def _propose(self) -> Sequence[int]:
         if len(self.asked) < self.warmup:
@@ -184,19 +235,22 @@ class RLStrategy(Strategy):
         far): on the front, the hypervolume only it holds; behind it, minus its distance to it."""
         if self.reward_kind == "scalar":
             return torch.tensor([r for _, r in batch])  # (n,)
+        worth = self._front_worth([tuple(g) for g, _ in batch])
+        return torch.tensor([worth.get(tuple(g), -1.0) + self.scalar_weight * r for g, r in batch])  # (n,)
+
+    def _front_worth(self, genomes: Sequence[Genome] | None = None) -> dict[Genome, float]:
+        """Told genomes' worth (``genomes``, default all) against the front of all told results:
+        on the front, the hypervolume only it holds; behind it, minus its distance to it (a
+        failed one is absent)."""
         values = {tuple(o.genome): list(o.values) for o in self.told if o.ok}
         front = nondominated(list(values.values()))
-        out = []
-        for genome, scalar in batch:
-            v = values.get(tuple(genome))
-            if v is None:
-                r = -1.0  # failed: behind any front
-            elif v in front:
-                r = hv_gain([q for q in front if q != v], v)
-            else:
-                r = -front_distance(front, v)
-            out.append(r + self.scalar_weight * scalar)
-        return torch.tensor(out)  # (n,)
+        return {g: hv_gain([q for q in front if q != values[g]], values[g]) if values[g] in front
+                else -front_distance(front, values[g]) for g in (values if genomes is None else genomes) if g in values}
+
+    def _elites(self) -> list[Genome]:
+        """The ``elite`` best told genomes by :meth:`_front_worth` (ties: the earlier told)."""
+        worth = self._front_worth()
+        return sorted(worth, key=lambda g: -worth[g])[: self.elite]
 
     def _update(self) -> None:
         batch, self.buffer = self.buffer, []
@@ -212,14 +266,70 @@ class RLStrategy(Strategy):
         n, _, m2 = self.moments
         scale = max((m2 / (n - 1)) ** 0.5 if n > 1 else 0.0, 1e-6)
         advantage = (rewards - baseline) / scale  # (n,)
+        elites = self._elites() if self.elite else []
         for _ in range(self.update_steps):
-            _, logp, ent = self._walk([g for g, _ in batch])  # (n,), (n,)
-            loss = -(advantage * logp).mean() - self.entropy_weight * ent.mean()
+            _, logp, ent = self._walk([g for g, _ in batch] + elites)  # (n + e,), (n + e,)
+            k = len(batch)
+            loss = -(advantage * logp[:k]).mean() - self.entropy_weight * ent[:k].mean()
+            if elites:  # priority queue training: raise the likelihood of the best results so far
+                loss = loss - self.elite_weight * logp[k:].mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
         self.baseline = mean if self.baseline is None else self.baseline_decay * self.baseline + (1 - self.baseline_decay) * mean
+        if self.model_steps and self.reward_kind == "hv":
+            self._imagine()
         self.updates += 1
+
+    # --- Dyna: more updates from a model of the results -----------------------------------------
+    def _features(self, genomes: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(n, F) one-hot of every active decision (an inactive gene's block stays 0)."""
+        blocks = []
+        for i, gene in enumerate(self.space.genes):
+            k = len(gene.choices)
+            if k < 2:
+                continue
+            block = torch.zeros(len(genomes), k)
+            for row, g in enumerate(genomes):
+                if self.space.active(list(g))[i]:
+                    block[row, g[i]] = 1.0
+            blocks.append(block)
+        return torch.cat(blocks, 1)
+
+    def _imagine(self) -> None:
+        """``model_steps`` REINFORCE updates on imagined results (Dyna, Sutton 1990): a random forest
+        fitted to the told results (genome -> normalised objective vector) answers ``model_batch``
+        genomes the controller samples; each is rewarded as a real one would be against the real
+        front (an already-asked genome gets the batch's lowest reward: it is never run again). A
+        few real results then move the policy as many imagined ones do, while the real rewards keep
+        correcting the model's mistakes."""
+        from sklearn.ensemble import RandomForestRegressor
+
+        ok = [o for o in self.told if o.ok]
+        if len(ok) < 4:
+            return
+        forest = RandomForestRegressor(n_estimators=32, min_samples_leaf=2, random_state=self.seed * 100_003 + self.updates)
+        forest.fit(self._features([o.genome for o in ok]).numpy(), [list(o.values) for o in ok])
+        front = nondominated([list(o.values) for o in ok])
+        weights = self.scalarization.weights(self.objectives)
+        for _ in range(self.model_steps):
+            with torch.no_grad():
+                genomes = [tuple(self._walk(None)[0][0]) for _ in range(self.model_batch)]
+            predicted = forest.predict(self._features(genomes).numpy())  # (b, m)
+            r = [hv_gain(front, v) if not any(all(q[k] >= v[k] for k in range(len(v))) for q in front)
+                 else -front_distance(front, v) for v in predicted.tolist()]
+            r = [x + self.scalar_weight * float(weights @ v) for x, v in zip(r, predicted)]
+            unseen = [x for g, x in zip(genomes, r) if g not in self.asked]
+            floor = min(unseen) if unseen else min(r)
+            rewards = torch.tensor([x if g not in self.asked else floor for g, x in zip(genomes, r)])  # (b,)
+            if float(rewards.std()) < 1e-12:
+                continue
+            advantage = (rewards - rewards.mean()) / rewards.std()  # (b,)
+            _, logp, ent = self._walk(genomes)  # (b,), (b,)
+            loss = -(advantage * logp).mean() - self.entropy_weight * ent.mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
 
     # --- state --------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
