@@ -428,11 +428,13 @@ def summarise(bench: Bench, curves: dict[str, list[list[float]]], cpu: dict[str,
     mid = marks[1] if len(marks) > 1 else marks[0]
     base = np.array(curves["random"]) if "random" in curves else None
     target = float(base[:, marks[-1] - 1].mean()) if base is not None else math.nan
+    worth_target = float(np.array(worth["random"])[:, marks[-1] - 1].mean()) if worth and "random" in worth else math.nan
     lines = [f"bench `{bench.name}`: {len(by)} candidates, {sum(map(len, by.values()))} recorded trials of them; "
              f"ceiling (every candidate at its seed-mean metrics) HV {ceiling:.4f}",
              "", "| strategy | " + " | ".join(f"HV @{b} (p vs random)" for b in marks)
              + f" | trials to random's HV@{marks[-1]} ({target:.4f})"
-             + (f" | found, at seed means: HV @{mid} / @{marks[-1]}" if worth else "")
+             + (f" | found, at seed means: HV @{mid} / @{marks[-1]}; trials to random's @{marks[-1]} ({worth_target:.4f})"
+                if worth else "")
              + " | CPU s/run |",
              "|---|" + "---|" * (len(marks) + 2 + bool(worth))]
     for name, runs in curves.items():
@@ -451,7 +453,9 @@ def summarise(bench: Bench, curves: dict[str, list[list[float]]], cpu: dict[str,
                  (f", median {int(np.median(per_seed))}" if per_seed else "")
         if worth:
             w = np.array(worth[name])
-            reach += f" | {w[:, mid - 1].mean():.4f} / {w[:, marks[-1] - 1].mean():.4f}"
+            w_hit = np.nonzero(w.mean(0) >= worth_target - 1e-12)[0]
+            reach += (f" | {w[:, mid - 1].mean():.4f} / {w[:, marks[-1] - 1].mean():.4f}; "
+                      + (f"{int(w_hit[0]) + 1}" if len(w_hit) else f">{budget}"))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {reach} | {cpu[name] / len(runs):.2f} |")
     return "\n".join(lines)
 
