@@ -88,6 +88,7 @@ TARGET_AT, TARGET_FRACTION = 1 / 3, 0.98  # (c) at 1/3 of (a)'s passes: >= 98 % 
 RUNG_GRID = [Scheduler(rungs=r, eta=e, tie_break=t)
              for r in ([1, 3], [1], [3]) for e in (3.0, 2.0) for t in ("hv", "crowding")]
 RUNGS_SEEN = sorted({r for s in RUNG_GRID for r in s.rungs})
+TUNE, REPORT, BEST = "pneumoniamnist", "brain_tumor_mri", "evolution"  # the defaults of ``main``
 
 
 # --- the table ------------------------------------------------------------------------------------
@@ -182,8 +183,8 @@ def rung_informativeness(table: Table, rungs: list[int]) -> list[str]:
 
     rows = [r for rs in table.oracle.rows.values() for r in rs if r["status"] == "completed"]
     final = [rung_metrics(r, table.epochs) for r in rows]
-    names = [o.name for o in OBJECTIVES if len({f[o.name] for f in final}) > 1
-             and any(rung_metrics(r, 1)[o.name] != f[o.name] for r, f in zip(rows, final))]
+    curve = json.loads(rows[0]["curve"])[0]
+    names = [o.name for o in OBJECTIVES if f"val_{o.name}" in curve]  # as rung_metrics reads them
     lines = [f"Rung informativeness on `{table.bench.name}` ({len(rows)} recorded trials): Spearman ρ between a "
              "trial's value at the rung and at its last epoch.", "",
              "| rung (epoch) | " + " | ".join(f"ρ {n}" for n in names) + " |", "|---|" + "---|" * len(names)]
@@ -491,9 +492,9 @@ def bench_arms(table: Table, chosen: Scheduler, best: str) -> tuple[list[Arm], s
 
 
 @app.command()
-def main(tune: str = typer.Option("pneumoniamnist", help="The bench the rung settings are chosen on."),
-         report: str = typer.Option("brain_tumor_mri", help="The bench the choice is reported on."),
-         best: str = typer.Option("evolution", help="Arm (d)'s strategy (the search-quality benchmark's best at 50 trials)."),
+def main(tune: str = typer.Option(TUNE, help="The bench the rung settings are chosen on."),
+         report: str = typer.Option(REPORT, help="The bench the choice is reported on."),
+         best: str = typer.Option(BEST, help="Arm (d)'s strategy (the search-quality benchmark's best at 50 trials)."),
          seeds: int = typer.Option(20), trials: int = typer.Option(TRIALS, help="(a)'s full trials: the budget axis."),
          rows: int | None = typer.Option(None, help="Use each table's first ROWS rows (they are append-only)."),
          workers: int = typer.Option(1, help="Processes."),
@@ -503,9 +504,9 @@ def main(tune: str = typer.Option("pneumoniamnist", help="The bench the rung set
     table = load_table(tune, rows)
     if not table.oracle.rows:
         raise typer.BadParameter(f"{tune}: no candidate has every seed recorded yet")
-    cmd = "python benchmarks/early_stopping.py" + (f" --tune {tune} --report {report}" if (tune, report) != (
-        "pneumoniamnist", "brain_tumor_mri") else "") + (f" --best {best}" if best != "evolution" else "") + \
-        (f" --rows {rows}" if rows else "") + \
+    cmd = "python benchmarks/early_stopping.py" + \
+        (f" --tune {tune} --report {report}" if (tune, report) != (TUNE, REPORT) else "") + \
+        (f" --best {best}" if best != BEST else "") + (f" --rows {rows}" if rows else "") + \
         (f" --seeds {seeds}" if seeds != 20 else "") + (f" --trials {trials}" if trials != TRIALS else "") + \
         f" --workers {workers}"
     # the grid: (a) once, (c) for every setting, (b) for every rungs x eta (it has no tie-break)

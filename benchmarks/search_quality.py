@@ -416,6 +416,14 @@ def replay_many(jobs: list[tuple], workers: int) -> list[tuple]:
 STRATEGIES_DEFAULT = ["random", "rl", "evolution", "regularized-evolution", "optuna-tpe", "optuna-nsga2", "mobo"]
 
 
+def first_reach(curve, target: float, budget: int) -> str:
+    """The trial at which a (mean) curve first reaches ``target``, as text (``>budget``: never)."""
+    import numpy as np
+
+    hit = np.nonzero(curve >= target - 1e-12)[0]
+    return f"{int(hit[0]) + 1}" if len(hit) else f">{budget}"
+
+
 def summarise(bench: Bench, curves: dict[str, list[list[float]]], cpu: dict[str, float], budget: int,
               worth: dict[str, list[list[float]]] | None = None) -> str:
     import numpy as np
@@ -445,17 +453,14 @@ def summarise(bench: Bench, curves: dict[str, list[list[float]]], cpu: dict[str,
             p = "" if name == "random" or base is None else \
                 f" (p={mannwhitneyu(v, base[:, b - 1], alternative='greater').pvalue:.3g})"
             cells.append(f"{v.mean():.4f} ± {v.std(ddof=1):.4f}{p}")
-        mean = arr.mean(0)
-        hit = np.nonzero(mean >= target - 1e-12)[0]
-        reach = f"{int(hit[0]) + 1}" if len(hit) else f">{budget}"
+        reach = first_reach(arr.mean(0), target, budget)
         per_seed = [int(np.nonzero(r >= target - 1e-12)[0][0]) + 1 for r in arr if (r >= target - 1e-12).any()]
         reach += f" (mean curve); {len(per_seed)}/{len(arr)} seeds reach it" + \
                  (f", median {int(np.median(per_seed))}" if per_seed else "")
         if worth:
             w = np.array(worth[name])
-            w_hit = np.nonzero(w.mean(0) >= worth_target - 1e-12)[0]
             reach += (f" | {w[:, mid - 1].mean():.4f} / {w[:, marks[-1] - 1].mean():.4f}; "
-                      + (f"{int(w_hit[0]) + 1}" if len(w_hit) else f">{budget}"))
+                      + first_reach(w.mean(0), worth_target, budget))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {reach} | {cpu[name] / len(runs):.2f} |")
     return "\n".join(lines)
 
