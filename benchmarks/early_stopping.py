@@ -89,6 +89,7 @@ RUNG_GRID = [Scheduler(rungs=r, eta=e, tie_break=t)
              for r in ([1, 3], [1], [3]) for e in (3.0, 2.0) for t in ("hv", "crowding")]
 RUNGS_SEEN = sorted({r for s in RUNG_GRID for r in s.rungs})
 TUNE, REPORT, BEST = "pneumoniamnist", "brain_tumor_mri", "evolution"  # the defaults of ``main``
+OUT = sq.RESULTS / "early_stopping.md"
 
 
 # --- the table ------------------------------------------------------------------------------------
@@ -491,6 +492,14 @@ def bench_arms(table: Table, chosen: Scheduler, best: str) -> tuple[list[Arm], s
     return arms, f"(d) {best} + MO-ASHA: skipped. Table partial: (d) runs once every candidate is recorded."
 
 
+def _shown(path: Path) -> str:
+    """A path as a rerun from the repository root would give it."""
+    try:
+        return str(path.resolve().relative_to(sq.REPO))
+    except ValueError:
+        return str(path)
+
+
 @app.command()
 def main(tune: str = typer.Option(TUNE, help="The bench the rung settings are chosen on."),
          report: str = typer.Option(REPORT, help="The bench the choice is reported on."),
@@ -498,7 +507,7 @@ def main(tune: str = typer.Option(TUNE, help="The bench the rung settings are ch
          seeds: int = typer.Option(20), trials: int = typer.Option(TRIALS, help="(a)'s full trials: the budget axis."),
          rows: int | None = typer.Option(None, help="Use each table's first ROWS rows (they are append-only)."),
          workers: int = typer.Option(1, help="Processes."),
-         out: Path = typer.Option(sq.RESULTS / "early_stopping.md")) -> None:
+         out: Path = typer.Option(OUT)) -> None:
     """The rung grid on the tune bench, then arms (a)-(d) with the chosen setting; writes the .md, .csv and .png."""
     t0 = time.perf_counter()
     table = load_table(tune, rows)
@@ -508,7 +517,7 @@ def main(tune: str = typer.Option(TUNE, help="The bench the rung settings are ch
         (f" --tune {tune} --report {report}" if (tune, report) != (TUNE, REPORT) else "") + \
         (f" --best {best}" if best != BEST else "") + (f" --rows {rows}" if rows else "") + \
         (f" --seeds {seeds}" if seeds != 20 else "") + (f" --trials {trials}" if trials != TRIALS else "") + \
-        f" --workers {workers}"
+        f" --workers {workers}" + (f" --out {_shown(out)}" if out.resolve() != OUT.resolve() else "")
     # the grid: (a) once, (c) for every setting, (b) for every rungs x eta (it has no tie-break)
     grid = [Arm("(c)", "random", s) for s in RUNG_GRID]
     scalars = {(tuple(s.rungs), s.eta): Scheduler(rungs=s.rungs, eta=s.eta, ranking="scalar") for s in RUNG_GRID}
