@@ -21,13 +21,17 @@ replaying it through the same seeded sampler — exact, and checked (the replaye
 Without history (``state_dict(history=False)``, what the search loop snapshots) the state is the
 study itself — every Optuna trial's parameters, values and attributes, and the sampler pickled
 as Optuna's documentation recommends for resuming with the same random state — and a load
-re-adds the trials (``Study.add_trials``) instead of sampling them again.
+re-adds the trials (``Study.add_trials``) instead of sampling them again. Since Optuna 5.1 the GA
+samplers hold a ``threading.Lock``, which does not pickle: the snapshot pickles each lock as a
+new, unlocked one (a lock guards a live process, it is no state to resume).
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import pickle
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -52,6 +56,24 @@ def _tpe(seed: int, n_startup_trials: int, population_size: int) -> optuna.sampl
 @SAMPLERS.register("nsga2")
 def _nsga2(seed: int, n_startup_trials: int, population_size: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
+
+
+_LOCKS = (type(threading.Lock()), type(threading.RLock()))
+
+
+class _SamplerPickler(pickle.Pickler):
+    """Pickles a sampler whole, each lock it holds as a fresh one of the same kind."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, _LOCKS):
+            return (threading.RLock if isinstance(obj, _LOCKS[1]) else threading.Lock), ()
+        return NotImplemented
+
+
+def _pickle_sampler(sampler: optuna.samplers.BaseSampler) -> str:
+    buf = io.BytesIO()
+    _SamplerPickler(buf).dump(sampler)
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 @STRATEGIES.register("optuna")
@@ -150,7 +172,7 @@ class OptunaStrategy(Strategy):
                    "user_attrs": t.user_attrs} for t in self.study.get_trials(deepcopy=False)]
         study_attrs = self.study._storage.get_study_system_attrs(self.study._study_id)  # NSGA-II's parent cache
         return {"sampler": self.sampler_name, "study": trials, "study_attrs": study_attrs,
-                "sampler_pickle": base64.b64encode(pickle.dumps(self.study.sampler)).decode(),
+                "sampler_pickle": _pickle_sampler(self.study.sampler),
                 "trial_of": [[list(g), n] for g, n in self._trial_of.items()],
                 "values": [[list(g), v] for g, v in self._values.items()]}
 
