@@ -58,16 +58,15 @@ def _nsga2(seed: int, n_startup_trials: int, population_size: int) -> optuna.sam
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
 
 
-_LOCKS = (type(threading.Lock()), type(threading.RLock()))
+_FRESH_LOCK = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
 
 
 class _SamplerPickler(pickle.Pickler):
     """Pickles a sampler whole, each lock it holds as a fresh one of the same kind."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, _LOCKS):
-            return (threading.RLock if isinstance(obj, _LOCKS[1]) else threading.Lock), ()
-        return NotImplemented
+        fresh = _FRESH_LOCK.get(type(obj))
+        return (fresh, ()) if fresh is not None else NotImplemented
 
 
 def _pickle_sampler(sampler: optuna.samplers.BaseSampler) -> str:
