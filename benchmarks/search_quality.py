@@ -107,6 +107,11 @@ for _target, _root in (("pneumoniamnist", MEDMNIST), ("brain_tumor_mri", FOLDERS
     register_bench(Bench(name=_target, space=str(DATA / f"bench_{_target}.yaml"), dataset=_target, data_root=_root,
                          backbones=BACKBONES,
                          libraries={b: LIBS / f"{tag}-32-without-{_target}" for b, tag in LIBRARY_TAG.items()}))
+# the brain MRI bench with a fourth component (472 candidates): its libraries are committed beside the
+# table (DATA / "libraries"), built once with the recipe above; a rebuild on another CPU is not bit-identical
+register_bench(Bench(name="brain_tumor_mri_4c", space=str(DATA / "bench_brain_tumor_mri_4c.yaml"),
+                     dataset="brain_tumor_mri", data_root=FOLDERS, backbones=BACKBONES,
+                     libraries={b: DATA / "libraries" / f"{tag}-32-without-brain_tumor_mri" for b, tag in LIBRARY_TAG.items()}))
 
 
 def ensure_library(bench: Bench, choice: str) -> Path:
@@ -554,7 +559,12 @@ def card(out: Path = typer.Option(DATA / "README.md")) -> None:
             "the benchmark searches on), the test metrics (reported, never searched on), the image passes it",
             "trained, and its wall time. `search_quality_<bench>.json` holds the recording's settings (space",
             "hash, backbones and weights, libraries, epochs, training images, seeds, torch). Append-only,",
-            "resumable (`record` skips what is there); a torn last line is dropped when read.", ""]
+            "resumable (`record` skips what is there); a torn last line is dropped when read.", "",
+            "A library's version is the hash of its weights. `record` rebuilds a missing library under",
+            "`artifacts/` (git-ignored) with a fixed recipe, but a rebuild on another CPU is not bit-identical",
+            "(here, the brain_tumor_mri MobileNetV2 library rebuilt as 3011471a…, not the eab60941… its table",
+            "was recorded with): a table's rows reproduce up to float-level differences of the trials. The",
+            "libraries of `brain_tumor_mri_4c` are therefore committed beside its table.", ""]
     for bench in BENCHES.values():
         rows = read_rows(bench.table)
         meta = json.loads(bench.table.with_suffix(".json").read_text()) if bench.table.with_suffix(".json").exists() else {}
@@ -577,6 +587,10 @@ def card(out: Path = typer.Option(DATA / "README.md")) -> None:
                  f"{len(used) - len(ok)} failed; {len(rows) - len(used)} more rows of candidates an equivalence rule "
                  "later folded into one (left unused)"
                  + (f"; started {meta.get('started', '?')}" if meta else "")]
+        if meta.get("libraries"):  # committed beside the tables, or rebuilt by `record` under artifacts/ (ignored)
+            text.append("- libraries: " + ", ".join(
+                f"{k} `{v['path']}` (version {v['version']}{', committed' if v['path'].startswith('benchmarks/') else ''})"
+                for k, v in meta["libraries"].items()))
         if ok:
             wall = {}
             for r in ok:
