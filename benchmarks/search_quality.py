@@ -480,7 +480,7 @@ def replay(benches: str = typer.Option(",".join(BENCHES), help="Comma-separated 
 
     opts = json.loads(options)
     sections = [f"# Search quality (exact replay over recorded real trials)\n\n    python benchmarks/search_quality.py "
-                f"replay --seeds {seeds} --budget {budget}\n"]
+                f"replay --benches {benches} --seeds {seeds} --budget {budget}\n"]
     for bench_name in filter(None, benches.split(",")):
         bench = BENCHES[bench_name]
         jobs = [(s, bench_name, seed, budget, json.dumps(opts.get(s, {}))) for s in strategies.split(",")
