@@ -14,6 +14,14 @@ first trials at a rung always continue). The ranking:
 * ``scalar``: the weighted sum of normalised objectives (equal weights unless the job's
   scalarization says otherwise) — Ray Tune's ASHA on one metric, the peer baseline.
 
+An early rung can foretell one objective and not another (on the brain MRI bench a trial's AUC
+after one epoch ranks its final AUC with Spearman ρ 0.8, its worst-class recall ρ 0.03): ranked on
+that noise, a rung stops trials at random. With ``informative_rho`` set, an objective takes part in
+a rung's ranking only if, over the job's trials that completed after being ranked there, its value
+at the rung ranks their final values with Spearman ρ at least that (:func:`informative`; from
+``informative_after`` such trials on; before, every objective ranks). An objective that does not
+change with training (prompt parameters) has ρ 1; at least one objective always ranks.
+
 Vectors are *normalised* objective values (``objectives.normalised_values``: ``[0, 1]``, 1 = best),
 cost objectives (parameters, bytes, latency) taking part as measured. The rule is a pure function
 of the recorded vectors, so the search loop's decisions can be stored in its event log and are
@@ -44,6 +52,8 @@ class Scheduler(BaseModel):
     ranking: Literal["nds", "scalar"] = "nds"
     tie_break: Literal["hv", "crowding"] = "hv"
     front_includes_stopped: bool = False  # a stopped trial may sit on the job's front (its rung metrics)
+    informative_rho: float | None = Field(None, ge=-1, le=1)  # rank a rung only on the objectives it foretells
+    informative_after: Count = 8  # completed trials ranked at a rung before ``informative_rho`` applies there
 
     @field_validator("rungs")
     @classmethod
@@ -66,6 +76,8 @@ def order(points: np.ndarray, scheduler: Scheduler, weights: np.ndarray | None =
     n, m = points.shape
     if n == 0:
         return np.zeros(0, dtype=int)
+    if m == 1:  # one objective: both rankings are its order
+        return np.lexsort((np.arange(n), -points[:, 0]))
     if scheduler.ranking == "scalar":
         w = np.full(m, 1.0 / m) if weights is None else np.asarray(weights, dtype=float)
         score = points @ w
@@ -92,16 +104,44 @@ def _tie_values(points: np.ndarray, how: str) -> np.ndarray:
     return crowding_distance(points)
 
 
+def informative(at_rung: Sequence[Sequence[float]], final: Sequence[Sequence[float]],
+                scheduler: Scheduler) -> np.ndarray | None:
+    """``(m,)`` bool: which objectives rank at a rung, from the completed trials ranked there
+    (``at_rung`` and ``final`` ``(n, m)``: their normalised vectors at the rung and at the end, row
+    for row); ``None``, every objective, while ``informative_rho`` is unset or fewer than
+    ``informative_after`` trials completed. Else those whose Spearman ρ (rung vs end) is at least
+    ``informative_rho`` (an objective equal at the rung and at the end has ρ 1, one constant at
+    either 0), and always the one with the largest ρ (the first of equals)."""
+    if scheduler.informative_rho is None or len(at_rung) < scheduler.informative_after:
+        return None
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    a = np.asarray(at_rung, dtype=float)  # (n, m)
+    f = np.asarray(final, dtype=float)  # (n, m)
+    rho = np.array([1.0 if np.array_equal(a[:, j], f[:, j]) else
+                    0.0 if np.ptp(a[:, j]) == 0 or np.ptp(f[:, j]) == 0 else
+                    float(spearmanr(a[:, j], f[:, j])[0]) for j in range(a.shape[1])])  # (m,)
+    keep = rho >= scheduler.informative_rho
+    keep[int(np.argmax(rho))] = True
+    return keep
+
+
 def promote(recorded: Sequence[Sequence[float]], point: Sequence[float], scheduler: Scheduler,
-            weights: np.ndarray | None = None) -> bool:
+            weights: np.ndarray | None = None, columns: np.ndarray | None = None) -> bool:
     """Whether a trial whose (normalised) vector at a rung is ``point`` continues, given the
     vectors ``recorded`` earlier at that rung: it does when at most ``len(recorded) / eta`` of them
-    rank above it (the multi-objective form of ASHA's "at least the (1 - 1/eta) quantile")."""
+    rank above it (the multi-objective form of ASHA's "at least the (1 - 1/eta) quantile").
+    ``columns`` ``(m,)`` bool: the objectives that rank (:func:`informative`; default all)."""
     import numpy as np
 
     if not len(recorded):
         return True
     pts = np.vstack([np.asarray(recorded, dtype=float), np.asarray(point, dtype=float)[None, :]])  # (n+1, m)
+    if columns is not None:
+        keep = np.asarray(columns, dtype=bool)
+        pts = pts[:, keep]  # (n+1, m')
+        weights = None if weights is None else np.asarray(weights, dtype=float)[keep]
     ranked = order(pts, scheduler, weights)
     above = int(np.flatnonzero(ranked == len(pts) - 1)[0])  # how many recorded vectors rank above it
     return above <= len(recorded) / scheduler.eta

@@ -77,6 +77,9 @@ def test_scheduler_field_errors_name_the_file_and_line():
     with pytest.raises(JobError, match=r"job.yaml:3: scheduler.eta"):
         parse_job("dataset: breastmnist\nbudget: {epochs: 9}\nscheduler: {rungs: [1], eta: 1}\n", "job.yaml",
                   check=False)
+    with pytest.raises(JobError, match=r"job.yaml:3: scheduler.informative_rho"):
+        parse_job("dataset: breastmnist\nbudget: {epochs: 9}\nscheduler: {rungs: [1], informative_rho: 1.5}\n",
+                  "job.yaml", check=False)
     with pytest.raises(JobError, match=r"job.yaml:2: front_repeats"):
         parse_job("dataset: breastmnist\nfront_repeats: -1\n", "job.yaml", check=False)
 
@@ -357,3 +360,64 @@ def test_a_re_evaluation_whose_worker_keeps_dying_fails_after_three_deaths(tmp_p
     assert [t["status"] for t in reruns] == ["preempted"] * (MAX_WORKER_DEATHS - 1) + ["failed"]
     assert "died in 3 runs" in reruns[-1]["reason"]
     assert st["status"] == "completed" and st["repeats"]["done"]
+
+
+# --- ranking only on what a rung foretells ----------------------------------------------------------------
+
+
+def test_informative_keeps_the_objectives_a_rung_foretells():
+    from promptsearch.rungs import informative
+
+    s = Scheduler(rungs=[1], informative_rho=0.5, informative_after=3)
+    at = [[0.5, 0.1, 0.3], [0.6, 0.2, 0.3], [0.7, 0.3, 0.3]]  # auc, recall, a constant cost
+    end = [[0.55, 0.9, 0.3], [0.65, 0.5, 0.3], [0.75, 0.1, 0.3]]  # auc foretold (ρ 1), recall reversed (ρ -1)
+    assert list(informative(at, end, s)) == [True, False, True]  # the cost is equal at the rung and the end: ρ 1
+    assert informative(at[:2], end[:2], s) is None  # fewer than informative_after completed: every objective
+    assert informative(at, end, Scheduler(rungs=[1])) is None  # the rule is off by default
+    noisy = [[0.5, 0.1, 0.3], [0.6, 0.2, 0.5], [0.7, 0.3, 0.4]]
+    flat = [[0.5, 0.9, 0.1], [0.5, 0.5, 0.2], [0.5, 0.1, 0.3]]  # ρ 0 (constant end), -1, 0.5: the best still ranks
+    assert list(informative(noisy, flat, Scheduler(rungs=[1], informative_rho=0.9, informative_after=3))) == \
+        [False, False, True]
+    # a trial non-dominated only through the unforetold objective goes on when every objective ranks, not otherwise
+    recorded, point = [row[:2] for row in at], [0.4, 0.95]
+    assert promote(recorded, point, s) and not promote(recorded, point, s, columns=[True, False])
+
+
+@pytest.mark.parametrize("rho", [None, 0.5], ids=["every-objective", "informative_rho"])
+def test_the_loop_ranks_a_rung_on_what_it_foretold_for_the_job_s_completed_trials(tmp_path, data_root,
+                                                                                   mobilenet_weights, rho):
+    """SYNTHETIC results through the real loop: three trials complete, their recall at rung 1
+    ranking their final recall backwards; the fourth is ahead at the rung on recall alone."""
+    from promptsearch.jobs import job_from_dict
+    from promptsearch.results import TrialResult
+    from promptsearch.search.loop import FINISHED, SearchLoop
+    from promptsearch.service.jobs import Workspace, job_trials, submit
+
+    ws = Workspace(tmp_path / "ws")
+    spec = _spec(data_root, mobilenet_weights, trials=4, front_repeats=0, objectives=["auc", "worst_class_recall"],
+                 scheduler={"rungs": [1], "eta": 3, "informative_rho": rho, "informative_after": 3})
+    job_id = submit(ws, job_from_dict(spec))
+    plan = {"t0001": ((0.5, 0.1), (0.55, 0.9)), "t0002": ((0.6, 0.2), (0.65, 0.5)),  # (rung 1, final): auc, recall
+            "t0003": ((0.7, 0.3), (0.75, 0.1)), "t0004": ((0.4, 0.95), (0.45, 0.95))}
+
+    def fit(loop, address):
+        while (config := loop.ask()) is not FINISHED:
+            tid = config["trial_id"]
+            cand = loop.view.trials[tid]["candidate"]
+            (ra, rr), (fa, fr) = plan[tid]
+            rung = TrialResult(candidate=cand, status="stopped", rung=1, epochs=1, image_passes=64,
+                               metrics={"auc": ra, "worst_class_recall": rr})
+            go = loop.epoch(tid, {"epoch": 1.0, "val_auc": ra, "val_worst_class_recall": rr}, {}, rung)
+            loop.tell(tid, rung if not go else TrialResult(candidate=cand, status="completed", epochs=3,
+                                                           image_passes=192,
+                                                           metrics={"auc": fa, "worst_class_recall": fr}))
+
+    SearchLoop(ws, job_id, tracking=False).run(fit)
+    status = {t["trial_id"]: t["status"] for t in job_trials(ws, job_id)}
+    assert [status[k] for k in ("t0001", "t0002", "t0003")] == ["completed"] * 3  # each led its rung when ranked
+    decided = {ev["id"]: ev for ev in _events(ws, job_id, "rung")}
+    assert all("by" not in decided[k] for k in ("t0001", "t0002", "t0003"))  # fewer than 3 had completed
+    if rho is None:  # on recall it is non-dominated, with the largest contribution: it goes on
+        assert status["t0004"] == "completed" and "by" not in decided["t0004"]
+    else:  # recall at rung 1 foretold the end backwards (ρ -1): ranked on AUC alone, it is last
+        assert status["t0004"] == "stopped" and decided["t0004"]["by"] == ["auc"] and decided["t0004"]["go"] is False

@@ -51,9 +51,9 @@ def test_stopped_trials_cost_their_rung_and_the_axis_is_never_passed(table, monk
     calls = []
     real = es.promote
 
-    def spy(recorded, point, scheduler, weights=None):
+    def spy(recorded, point, scheduler, weights=None, columns=None):
         calls.append((len(recorded), tuple(point)))
-        return real(recorded, point, scheduler, weights)
+        return real(recorded, point, scheduler, weights, columns)
 
     monkeypatch.setattr(es, "promote", spy)  # the product's rule is what decides
     run = es.replay(table, "random", MO_ASHA, seed=0, trials=20)
@@ -88,8 +88,10 @@ def test_a_learning_strategy_is_refused_on_a_partial_table(table):
     with pytest.raises(ValueError, match="partial table"):
         es.replay(table, "optuna-tpe", MO_ASHA, seed=0, trials=5)
     arms, skip = es.bench_arms(table, MO_ASHA, "optuna-tpe")
-    assert [a.name[:3] for a in arms] == ["(a)", "(b)", "(c)"] and "Table partial" in skip
+    assert [a.name.split()[0] for a in arms] == ["(a)", "(b)", "(c)", "(c')"] and "Table partial" in skip
     assert arms[1].scheduler.ranking == "scalar" and arms[1].scheduler.rungs == MO_ASHA.rungs
+    assert arms[1].scheduler.informative_rho is None  # the peer baseline ranks every objective, as Ray's ASHA
+    assert arms[3].scheduler == MO_ASHA.model_copy(update={"informative_rho": es.FORETOLD_RHO})  # shown, not chosen
 
 
 def test_rung_vector_is_the_curve_at_that_epoch(table):

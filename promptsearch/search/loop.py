@@ -489,9 +489,27 @@ class SearchLoop:
         vector = [round(float(x), 9) for x in normalised_values(raw, self.objectives)[0]]
         rung = int(rung_result.rung)
         recorded = [v for k, v in self.view.rungs.get(rung, {}).items() if k != trial_id]
-        go = promote(recorded, vector, scheduler, self._weights)
-        self._emit("rung", id=trial_id, rung=rung, v=vector, go=go)
+        columns = self._informative(rung)
+        go = promote(recorded, vector, scheduler, self._weights, columns)
+        by = {} if columns is None else {"by": [o.name for o, c in zip(self.objectives, columns) if c]}
+        self._emit("rung", id=trial_id, rung=rung, v=vector, go=go, **by)
         return go
+
+    def _informative(self, rung: int):
+        """The objectives that rank at ``rung`` (:func:`promptsearch.rungs.informative`: from the
+        completed trials ranked there, their vector at the rung against their final one); None: all."""
+        from ..objectives import metrics_row, normalised_values
+        from ..rungs import informative
+
+        scheduler, at = self.spec.scheduler, self.view.rungs.get(rung, {})
+        if scheduler.informative_rho is None:
+            return None
+        pairs = [(at[k], row) for k, m in self.view.finals.items()
+                 if k in at and (row := metrics_row(m, self.objectives)) is not None]
+        if not pairs:
+            return informative([], [], scheduler)
+        final = normalised_values([row for _, row in pairs], self.objectives)  # (n, m)
+        return informative([v for v, _ in pairs], final, scheduler)
 
     @functools.cached_property
     def _weights(self):  # the job's scalarization weights (the scalar rung ranking uses them)

@@ -166,6 +166,7 @@ class Replay:
         self.image_passes = [0, 0]  # [training images seen, what every finished trial at full budget would have seen]
         self.rungs: dict[int, dict[str, list[float]]] = {}  # rung epoch -> trial -> its normalised vector there
         self.stops: dict[str, int] = {}  # trial -> the rung the scheduler stopped it at (until it is told)
+        self.finals: dict[str, dict[str, Any]] = {}  # completed trial ranked at a rung -> its final metrics
         self.repeat_trials: dict[tuple[str, int], str] = {}  # (original, seed) -> re-evaluation trial's status
         self.repeat_results: dict[str, list[dict[str, Any]]] = {}  # original -> completed re-evaluations' metrics
         self.repeat_deaths: dict[tuple[str, int], int] = {}  # (original, seed) -> runs whose worker died
@@ -303,6 +304,8 @@ class Replay:
                 del self.trials[t["trial_id"]]
             return
         self.counts[t["status"]] += 1
+        if t["status"] == "completed" and any(t["trial_id"] in r for r in self.rungs.values()):
+            self.finals[t["trial_id"]] = dict(t.get("metrics") or {})  # what its rung values foretold
         if "passes" in ev:
             self.image_passes = [self.image_passes[0] + int(ev["passes"][0]), self.image_passes[1] + int(ev["passes"][1])]
         n, hv = ev["hv"]
