@@ -75,6 +75,24 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 @pytest.fixture(scope="module")
+def one_torch_thread():
+    """A module's tensor tests on one torch thread (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    from promptsearch.threads import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def vit():
+    """A ViT-tiny at 28 px, patch 4, randomly initialised with seed 0 (no pretrained ViT exists offline)."""
+    from promptsearch.backbones import BackboneSpec, build_backbone
+
+    torch.manual_seed(0)
+    return build_backbone(BackboneSpec("vit_tiny_patch16_224", image_size=28, patch_size=4))
+
+
+@pytest.fixture(scope="module")
 def browser():
     """One headless chromium per test module (skips where it is not installed)."""
     if CHROMIUM is None:

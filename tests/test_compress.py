@@ -15,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from promptsearch.backbones import BackboneSpec, build_backbone
 from promptsearch.compress import (CompressError, compress, decompress, matrix_view, parse_spec, read_compressed,
                                    stored_bytes, write_compressed)
 from promptsearch.prompts import build_prompted_model
@@ -24,18 +23,7 @@ from promptsearch.space import Architecture
 ARCH = Architecture(module="token", tokens=10, depth="deep", lora_rank=4, adapter="bottleneck", init="normal")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def vit():
-    torch.manual_seed(0)
-    return build_backbone(BackboneSpec("vit_tiny_patch16_224", image_size=28, patch_size=4))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

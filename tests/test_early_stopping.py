@@ -148,7 +148,9 @@ def test_a_job_stops_trials_at_rungs_survives_kill_9_and_re_evaluates_its_front(
     from promptsearch.service.jobs import Workspace, job_front, job_status, job_trials, list_jobs, run_job
 
     ws = Workspace(tmp_path / "ws")
-    spec = _spec(data_root, mobilenet_weights)
+    # informative_rho on, from 2 completed trials: its decisions too must survive the kill unchanged
+    spec = _spec(data_root, mobilenet_weights,
+                 scheduler={"rungs": [1], "eta": 3, "informative_rho": 0.3, "informative_after": 2})
     job_file = tmp_path / "asha.yaml"
     job_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PROMPTSEARCH_FAULTS": ""}
@@ -183,6 +185,14 @@ def test_a_job_stops_trials_at_rungs_survives_kill_9_and_re_evaluates_its_front(
     # resume: every rung decision logged before the kill is still there, unchanged; finished trials too
     rungs_after = _events(ws, job_id, "rung")
     assert rungs_after[:len(rungs_before)] == rungs_before
+    ranked, completed = set(), 0  # a rung decision names the objectives that ranked once 2 ranked trials completed
+    for ev in map(json.loads, (ws.job_dir(job_id) / "events.jsonl").read_text().splitlines()):
+        if ev["e"] == "rung":
+            assert ("by" in ev) == (completed >= 2)
+            assert set(ev.get("by", ["auc"])) <= {"auc", "worst_class_recall", "prompt_params", "latency_ms"}
+            ranked.add(ev["id"])
+        elif ev["e"] == "tell" and ev["id"] in ranked and ev["set"]["status"] == "completed":
+            completed += 1
     after = {t["trial_id"]: t for t in job_trials(ws, job_id)}
     for k, t in finished_before.items():  # (a front trial gains its re-evaluation's summary, nothing else)
         assert {**after[k], "repeats": None} == t

@@ -20,12 +20,6 @@ COMPONENTS = {"anatomical": ("lung", "heart"), "modality": ("xray",)}  # n = 3 b
 
 
 @pytest.fixture(scope="module")
-def vit():
-    torch.manual_seed(0)
-    return build_backbone(VIT)
-
-
-@pytest.fixture(scope="module")
 def cnn():
     torch.manual_seed(0)
     return build_backbone(BackboneSpec("torchvision:mobilenet_v2", image_size=32))
