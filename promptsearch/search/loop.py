@@ -506,9 +506,7 @@ class SearchLoop:
             return None
         pairs = [(at[k], row) for k, m in self.view.finals.items()
                  if k in at and (row := metrics_row(m, self.objectives)) is not None]
-        if not pairs:
-            return informative([], [], scheduler)
-        final = normalised_values([row for _, row in pairs], self.objectives)  # (n, m)
+        final = normalised_values([row for _, row in pairs], self.objectives)  # (n, m); (0, m) when none yet
         return informative([v for v, _ in pairs], final, scheduler)
 
     @functools.cached_property
