@@ -176,6 +176,8 @@ class Tracker:
         tags = {"status": record["status"], "node_id": record.get("node_id") or ""}
         if record.get("rung") is not None:  # stopped early by the job's scheduler, at this epoch
             tags["rung"] = str(record["rung"])
+        if record.get("ranked_by"):  # ... ranked there on these objectives alone (informative_rho)
+            tags["ranked_by"] = ",".join(record["ranked_by"])
         if record.get("repeat_of"):  # a re-evaluation of a front trial with another seed
             tags["repeat_of"] = str(record["repeat_of"])
         if record.get("reason"):

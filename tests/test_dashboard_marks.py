@@ -93,25 +93,29 @@ def test_stopped_trials_are_apart_from_failed_and_from_the_front():
     rows = [trial("t0001", on_front=True), trial("t0002", "stopped", rung=1, epochs=1, image_passes=96),
             trial("t0003", "stopped", rung=3, epochs=3, image_passes=288), trial("t0004", "failed"),
             {**trial("t0005", "stopped", rung=1), "metrics": {"auc": 0.6}}, trial("t0006", "stopped"),
-            trial("t0008", "stopped", rung=2, epochs_done=2)]  # the API's epochs_done when epochs is not passed
+            trial("t0008", "stopped", rung=2, epochs_done=2),  # the API's epochs_done when epochs is not passed
+            trial("t0009", "stopped", rung=1, epochs=1, ranked_by=["auc"])]  # under informative_rho
     got = js("""({
         stopped: M.stoppedPoints(rows, O).map((t) => t.trial_id),
         usable: rows.filter((t) => M.usable(t, O)).map((t) => t.trial_id),
         text: rows.map(M.trialStatusText),
         extra: M.extraLines(rows[2], String),
         trained: M.extraLines(rows[6])[0],
+        ranked: M.extraLines(rows[7]),
         dash: [M.CURVE_DASH.stopped, M.CURVE_DASH.failed, M.CURVE_DASH.preempted],
         end: [M.CURVE_END.stopped, M.CURVE_END.failed],
         color: [M.STATUS_COLOR.stopped, M.STATUS_COLOR.failed],
         legend: M.TRIAL_STATUS.stopped,
     })""", rows=rows, O=OBJECTIVES)
-    assert got["stopped"] == ["t0002", "t0003", "t0006", "t0008"]  # t0005 lacks objectives at its rung: nothing to draw
+    assert got["stopped"] == ["t0002", "t0003", "t0006", "t0008", "t0009"]  # t0005 lacks objectives at its rung: nothing to draw
     assert got["usable"] == ["t0001"]  # stopped trials never join the front's points
     assert got["text"] == ["completed", "stopped at epoch 1", "stopped at epoch 3", "failed", "stopped at epoch 1",
-                           "stopped early", "stopped at epoch 2"]
+                           "stopped early", "stopped at epoch 2", "stopped at epoch 1"]
     assert got["extra"] == ["stopped at epoch 3 (3 epoch(s) trained): its metrics are that epoch's",
                             "training image-passes: 288"]
     assert got["trained"].startswith("stopped at epoch 2 (2 epoch(s) trained)")
+    assert got["ranked"][1] == "ranked at its rung on auc only (the objectives that epoch foretold)"
+    assert not any("ranked at" in line for line in got["extra"])  # no ranked_by (the rule off): no such line
     assert len(set(got["dash"])) == 3 and len(set(got["end"])) == 2 and len(set(got["color"])) == 2
     assert "rung" in got["legend"]
 

@@ -205,6 +205,7 @@ def test_a_job_stops_trials_at_rungs_survives_kill_9_and_re_evaluates_its_front(
     for t in stopped:  # stopped at its rung, with that epoch's metrics, by a logged decision
         assert t["rung"] == 1 and t["epochs"] == 1 and len(t["history"]) == 1 and t["image_passes"] == 64
         assert t["metrics"]["auc"] == t["history"][0]["val_auc"] and decided[t["trial_id"]]["go"] is False
+        assert t.get("ranked_by") == decided[t["trial_id"]].get("by")  # what its rung ranked on, when the rule ruled
         assert t["weights"] and Path(t["weights"]).exists()
     for t in completed:
         assert t["epochs"] == 3 and t["image_passes"] == 192
@@ -240,6 +241,7 @@ def test_a_job_stops_trials_at_rungs_survives_kill_9_and_re_evaluates_its_front(
     for t in stopped:
         run = by_trial[t["trial_id"]]
         assert run.data.tags["status"] == "stopped" and run.data.tags["rung"] == "1"
+        assert run.data.tags.get("ranked_by") == (",".join(t["ranked_by"]) if t.get("ranked_by") else None)
         assert run.data.metrics["image_passes"] == 64
     assert by_trial[repeats[0]["trial_id"]].data.tags["repeat_of"] == repeats[0]["repeat_of"]
 
@@ -431,3 +433,7 @@ def test_the_loop_ranks_a_rung_on_what_it_foretold_for_the_job_s_completed_trial
         assert status["t0004"] == "completed" and "by" not in decided["t0004"]
     else:  # recall at rung 1 foretold the end backwards (ρ -1): ranked on AUC alone, it is last
         assert status["t0004"] == "stopped" and decided["t0004"]["by"] == ["auc"] and decided["t0004"]["go"] is False
+    # what the rung ranked on reaches the trial's record (the API, `trials` and the dashboard show it)
+    records = {t["trial_id"]: t for t in job_trials(ws, job_id)}
+    assert records["t0004"].get("ranked_by") == (None if rho is None else ["auc"])
+    assert all(records[k].get("ranked_by") is None for k in ("t0001", "t0002", "t0003"))  # only a stop records it

@@ -52,7 +52,7 @@ def trials(job: str = typer.Argument(..., help="Job id (or a unique prefix)."),
         else:
             typer.echo(text, nl=False)
         return
-    shown = [*SHOWN, *(c for c in ("rung", "repeat_of") if c in cols), *(o.name for o in objectives), *(c for c in cols if c in record["space"].get("decisions", {})),
+    shown = [*SHOWN, *(c for c in ("rung", "ranked_by", "repeat_of") if c in cols), *(o.name for o in objectives), *(c for c in cols if c in record["space"].get("decisions", {})),
              *(c for c in cols if c.startswith("components.")), *(c for c in cols if c.startswith("test_"))]
     t = Table(title=f"trials of {job_id} ({len(rows)})")
     for c in shown:

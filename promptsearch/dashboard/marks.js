@@ -4,7 +4,8 @@
 //
 // Fields that only some records carry are used only when present, so a job without them draws as before:
 //   trial.status "stopped" + trial.rung (epoch it was stopped at) + trial.epochs + trial.image_passes
-//     (early stopping at rungs, issue #15): hollow markers, "stopped at epoch N";
+//     (early stopping at rungs, issue #15): hollow markers, "stopped at epoch N"; trial.ranked_by (the
+//     objectives its rung ranked on, under the job's informative_rho): one more hover line;
 //   trial.repeats = {seeds: [..], mean: {metric: v}, sd: {metric: v}} (front trials re-run with extra
 //     seeds): the point at the mean, with +- sd error bars; trial.repeat_of (one such re-run): folded into
 //     its original's mean, never a point of its own;
@@ -123,6 +124,9 @@
       const trained = num(t.epochs) ? t.epochs : t.epochs_done;
       lines.push(`stopped at epoch ${num(t.rung) ? t.rung : "?"}` + (num(trained) ? ` (${trained} epoch(s) trained)` : "") +
         ": its metrics are that epoch's");
+      if (Array.isArray(t.ranked_by) && t.ranked_by.length) {  // informative_rho: the rung ranked on these alone
+        lines.push(`ranked at its rung on ${t.ranked_by.join(", ")} only (the objectives that epoch foretold)`);
+      }
     }
     if (t.repeat_of) lines.push(`a re-run of ${t.repeat_of} with another seed: counted in its mean \u00b1 sd`);
     if (num(t.image_passes)) lines.push(`training image-passes: ${f(t.image_passes)}`);

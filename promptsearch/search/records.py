@@ -40,6 +40,7 @@ class TrialRecord(BaseModel):
     weights: str | None = None  # safetensors file of prompt + head (completed trials; stopped: at its rung)
     epochs: int | None = None  # epochs trained (a stopped trial: its rung)
     rung: int | None = None  # stopped: the rung (epoch) it was stopped at
+    ranked_by: list[str] | None = None  # stopped under ``informative_rho``: the objectives its rung ranked on
     image_passes: int | None = None  # training images seen (epochs x training images)
     repeat_of: str | None = None  # a re-evaluation (front_repeats) of this trial with another seed
     repeats: dict[str, Any] | None = None  # front_repeats: {"seeds", "trials", "mean", "sd", "n"} over every seed

@@ -361,6 +361,8 @@ class Replay:
         self.rungs.setdefault(rung, {})[t["trial_id"]] = [float(x) for x in ev["v"]]
         if not ev["go"]:
             self.stops[t["trial_id"]] = rung
+            if ev.get("by") is not None:  # ranked only on what the rung foretold (informative_rho)
+                t["ranked_by"] = list(ev["by"])
 
     def _repeats(self, ev: Mapping[str, Any]) -> None:
         """A front trial's re-evaluation summary (mean, sd, seeds); ``front``/``hv``: the front

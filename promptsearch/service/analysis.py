@@ -57,7 +57,8 @@ def _metric_names(records: Iterable[Mapping[str, Any]], key: str, first: Sequenc
     return [n for n in first if n in seen] + sorted(seen - set(first))
 
 
-EARLY_STOPPING = ("rung", "image_passes", "repeat_of")  # a stopped trial's rung, its cost, a front re-evaluation
+# a stopped trial's rung (and, under informative_rho, what it was ranked on), its cost, a front re-evaluation
+EARLY_STOPPING = ("rung", "ranked_by", "image_passes", "repeat_of")
 
 
 def table_columns(records: Sequence[Mapping[str, Any]], space: SearchSpace, objectives: Sequence[Objective],
