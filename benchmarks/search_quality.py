@@ -544,6 +544,37 @@ def tune(strategy: str = typer.Argument(..., help="The strategy whose options ar
 
 
 @app.command()
+def pinned(pins: str = typer.Argument(..., help='JSON: {"decision": choice, ...}, e.g. the region the front lies in.'),
+           bench: str = typer.Option("pneumoniamnist"), seeds: int = typer.Option(20), budget: int = typer.Option(50),
+           workers: int = typer.Option(2),
+           out: Path = typer.Option(RESULTS / "search_quality_tuning.md", help="Appended: one section per call.")) -> None:
+    """Random search on the whole space vs random search told in advance which region to sample (the
+    decisions ``pins`` fixes): how much a strategy that *learns* where the front lies could gain, at
+    most, by concentrating there. If the pinned arm is not ahead, a bench cannot reward such learning."""
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    jobs = [("random", bench, seed, budget, "{}", pin) for pin in ("", pins) for seed in range(seeds)]
+    t0 = time.perf_counter()
+    results = replay_many(jobs, workers)
+    whole, region = (np.array([r[2] for r in results[i: i + seeds]]) for i in (0, seeds))
+    marks = [b for b in (10, 25, 50, 100) if b <= budget]
+    text = [f"## random told where to sample, on `{bench}` ({seeds} seeds, {budget} trials)", "",
+            f"    python benchmarks/search_quality.py pinned '{pins}' --bench {bench} --seeds {seeds} --budget {budget}", "",
+            "| arm | " + " | ".join(f"HV @{b}" for b in marks) + " | p (pinned > whole) per budget |",
+            "|---|" + "---|" * (len(marks) + 1),
+            "| random, whole space | " + " | ".join(f"{whole[:, b - 1].mean():.4f}" for b in marks) + " |  |",
+            f"| random, only {pins} | " + " | ".join(f"{region[:, b - 1].mean():.4f}" for b in marks) + " | "
+            + ", ".join(f"{mannwhitneyu(region[:, b - 1], whole[:, b - 1], alternative='greater').pvalue:.3g}"
+                        for b in marks) + " |",
+            f"\nwall time {time.perf_counter() - t0:.0f} s ({workers} processes)\n"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        f.write("\n".join(text) + "\n")
+    print("\n".join(text))
+
+
+@app.command()
 def card(out: Path = typer.Option(DATA / "README.md")) -> None:
     """The tables' card: each bench's space, recipe, what is recorded, its cost and its noise, read
     from the tables themselves (rerun it as a recording grows)."""
