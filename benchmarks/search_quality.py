@@ -112,6 +112,12 @@ for _target, _root in (("pneumoniamnist", MEDMNIST), ("brain_tumor_mri", FOLDERS
 register_bench(Bench(name="brain_tumor_mri_4c", space=str(DATA / "bench_brain_tumor_mri_4c.yaml"),
                      dataset="brain_tumor_mri", data_root=FOLDERS, backbones=BACKBONES,
                      libraries={b: DATA / "libraries" / f"{tag}-32-without-brain_tumor_mri" for b, tag in LIBRARY_TAG.items()}))
+# a third target (2026-12-03, session 10), recorded and declared a report bench before any strategy was
+# replayed on it: eye fundus photographs (val 120; kidney CT was tried first and abandoned after 17
+# trials: AUC .998-1.000 at 32 px, nothing to search for); libraries committed as for 4c
+register_bench(Bench(name="eye_fundus", space=str(DATA / "bench_eye_fundus.yaml"), dataset="eye_fundus",
+                     data_root=FOLDERS, backbones=BACKBONES,
+                     libraries={b: DATA / "libraries" / f"{tag}-32-without-eye_fundus" for b, tag in LIBRARY_TAG.items()}))
 
 
 def ensure_library(bench: Bench, choice: str) -> Path:
@@ -595,7 +601,8 @@ def card(out: Path = typer.Option(DATA / "README.md")) -> None:
             "`artifacts/` (git-ignored) with a fixed recipe, but a rebuild on another CPU is not bit-identical",
             "(here, the brain_tumor_mri MobileNetV2 library rebuilt as 3011471a…, not the eab60941… its table",
             "was recorded with): a table's rows reproduce up to float-level differences of the trials. The",
-            "libraries of `brain_tumor_mri_4c` are therefore committed beside its table.", ""]
+            "libraries of `brain_tumor_mri_4c` and `eye_fundus` are therefore committed beside their tables (the "
+            "`eye_fundus` libraries happened to rebuild bit-identical to those `library_transfer.py` built earlier).", ""]
     for bench in BENCHES.values():
         rows = read_rows(bench.table)
         meta = json.loads(bench.table.with_suffix(".json").read_text()) if bench.table.with_suffix(".json").exists() else {}
