@@ -5,6 +5,8 @@ per-epoch curves recorded in the exact search-quality tables.
     python benchmarks/early_stopping.py --tune brain_tumor_mri --report pneumoniamnist --out benchmarks/results/early_stopping_swapped.md
     python benchmarks/early_stopping.py --report brain_tumor_mri_4c --out benchmarks/results/early_stopping_4c.md
     python benchmarks/early_stopping.py --tune brain_tumor_mri --report brain_tumor_mri_4c --out benchmarks/results/early_stopping_4c_from_brain.md
+    python benchmarks/early_stopping.py --report eye_fundus --out benchmarks/results/early_stopping_eye.md
+    python benchmarks/early_stopping.py --tune brain_tumor_mri --report eye_fundus --out benchmarks/results/early_stopping_eye_from_brain.md
     python benchmarks/early_stopping.py --rows 268                # on the tables' first 268 rows (as a partial table)
     python -m pytest tests/test_early_stopping_bench.py -q
 
