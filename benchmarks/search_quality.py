@@ -235,6 +235,18 @@ class Recorder:
                 "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def worker_pool(workers: int):
+    """A spawn pool whose workers go with this process on SIGTERM (``kill``, a scheduler's stop): the
+    handler turns it into SystemExit, so the pool's ``with`` terminates them; without it they outlive
+    the parent as orphans and go on writing (a recording's rows are whole lines, so a resume after
+    either is exact)."""
+    import multiprocessing as mp
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    return mp.get_context("spawn").Pool(workers)
+
+
 def _shard(key: str, workers: int) -> int:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % workers
 
@@ -294,9 +306,7 @@ def record(target: str = typer.Option(..., "--target", help=f"A bench: {', '.joi
     if workers == 1:
         _record_shard((target, 0, 1, limit))
         return
-    import multiprocessing as mp
-
-    with mp.get_context("spawn").Pool(workers) as pool:
+    with worker_pool(workers) as pool:
         pool.map(_record_shard, [(target, w, workers, limit) for w in range(workers)])
 
 
@@ -418,9 +428,7 @@ def _cached_replay(args: tuple) -> tuple:
 def replay_many(jobs: list[tuple], workers: int) -> list[tuple]:
     """``replay_one`` of every job, ``workers`` processes; runs already in :data:`CACHE` (same
     arguments, table and strategy code) are read back, not replayed."""
-    import multiprocessing as mp
-
-    with mp.get_context("spawn").Pool(workers) as pool:
+    with worker_pool(workers) as pool:
         return pool.map(_cached_replay, jobs)
 
 
