@@ -338,9 +338,7 @@ def run_arms(bench: str, rows: int | None, arms: list[Arm], seeds: int, trials: 
     jobs = [(i, bench, rows, a.strategy, None if a.scheduler is None else a.scheduler.model_dump(), seed, trials)
             for i, a in enumerate(arms) for seed in range(seeds)]
     if workers > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with sq.worker_pool(workers) as pool:  # its workers go with it on SIGTERM
             results = pool.map(_job, jobs, chunksize=4)
     else:
         results = [_job(j) for j in jobs]

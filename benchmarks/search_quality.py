@@ -517,6 +517,14 @@ def replay(benches: str = typer.Option(",".join(BENCHES), help="Comma-separated 
     print(out.read_text())
 
 
+def append_section(out: Path, lines: list[str]) -> None:
+    """Append one section (``tune``, ``pinned``) to ``out`` and print it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 @app.command()
 def tune(strategy: str = typer.Argument(..., help="The strategy whose options are tuned."),
          grid: str = typer.Argument(..., help='JSON: {"option": [value, ...]}; every combination is replayed.'),
@@ -551,10 +559,7 @@ def tune(strategy: str = typer.Argument(..., help="The strategy whose options ar
         text.append(f"| {name} | " + " | ".join(f"{a[:, b - 1].mean():.4f}" for b in marks)
                     + f" | {'' if p is None else f'{p:.3g}'} |")
     text.append(f"\nwall time {time.perf_counter() - t0:.0f} s ({workers} processes)\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as f:
-        f.write("\n".join(text) + "\n")
-    print("\n".join(text))
+    append_section(out, text)
 
 
 @app.command()
@@ -582,10 +587,7 @@ def pinned(pins: str = typer.Argument(..., help='JSON: {"decision": choice, ...}
             + ", ".join(f"{mannwhitneyu(region[:, b - 1], whole[:, b - 1], alternative='greater').pvalue:.3g}"
                         for b in marks) + " |",
             f"\nwall time {time.perf_counter() - t0:.0f} s ({workers} processes)\n"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as f:
-        f.write("\n".join(text) + "\n")
-    print("\n".join(text))
+    append_section(out, text)
 
 
 @app.command()

@@ -15,6 +15,11 @@ STATE_VERSION = 1
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled", "interrupted"]  # interrupted: Ctrl-C/SIGTERM
 TrialStatus = Literal["running", "completed", "failed", "preempted", "stopped"]  # stopped: early, at a rung
 
+# the fields early stopping adds to a record, where a trial has them: a stopped trial's rung (and, under
+# informative_rho, what it was ranked on), its training cost, and the trial a front re-evaluation re-runs
+EARLY_STOPPING_FIELDS = ("rung", "ranked_by", "image_passes", "repeat_of")
+
+
 class TrialRecord(BaseModel):
     """One trial as the job records it (``job_trials`` returns these as dicts). Non-finite metric
     values are stored as ``None`` so every record is plain JSON."""

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..objectives import Condition, Objective, ObjectiveError, front_ranks, normalised_values, objective_row, parse_where, where_matches  # noqa: F401
+from ..search.records import EARLY_STOPPING_FIELDS
 from ..space import SearchSpace, SpaceFile
 
 INACTIVE = "n/a"  # a decision switched off by another's value (``when``): its own category for fANOVA
@@ -57,10 +58,6 @@ def _metric_names(records: Iterable[Mapping[str, Any]], key: str, first: Sequenc
     return [n for n in first if n in seen] + sorted(seen - set(first))
 
 
-# a stopped trial's rung (and, under informative_rho, what it was ranked on), its cost, a front re-evaluation
-EARLY_STOPPING = ("rung", "ranked_by", "image_passes", "repeat_of")
-
-
 def table_columns(records: Sequence[Mapping[str, Any]], space: SearchSpace, objectives: Sequence[Objective],
                   include_test: bool = False) -> list[str]:
     """The trial table's columns, in order: identity, one per decision, one per component group,
@@ -69,7 +66,7 @@ def table_columns(records: Sequence[Mapping[str, Any]], space: SearchSpace, obje
     cols = ["trial_id", "number", "status", "on_front", "rank", *space.spec.decisions,
             *(f"components.{g}" for g in space.spec.components), "n_components",
             *_metric_names(records, "metrics", names), "epochs",
-            *(k for k in EARLY_STOPPING if any(r.get(k) is not None for r in records)),  # only when a job has them
+            *(k for k in EARLY_STOPPING_FIELDS if any(r.get(k) is not None for r in records)),  # only when a job has them
             "wall_time_s", "started", "finished",
             "reason", "key", "genome"]
     if include_test:
@@ -103,7 +100,7 @@ def trial_rows(records: Sequence[Mapping[str, Any]], space: SearchSpace, objecti
             "epochs": len(r.get("history") or []), "wall_time_s": r.get("wall_time_s"),
             "started": _iso(r.get("started_at")), "finished": _iso(r.get("finished_at")),
             "reason": r.get("reason"), "key": cand.get("key"), "genome": list(cand.get("genome") or []),
-            **{k: r.get(k) for k in EARLY_STOPPING},
+            **{k: r.get(k) for k in EARLY_STOPPING_FIELDS},
         }
         row.update({k: v for k, v in (r.get("metrics") or {}).items() if k in metric_cols})
         if include_test:

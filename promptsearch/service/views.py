@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..search.records import EARLY_STOPPING_FIELDS
 from . import jobs
 from .requests import valid_id
 from .settings import SERVER_FIELDS
@@ -160,7 +161,7 @@ def trial_views(records: list[dict[str, Any]], objectives, front_stopped: bool =
             on_front=rank_of.get(i) == 0, rank=rank_of.get(i), requeued_from=r.get("requeued_from"),
             node_id=r.get("node_id"), mlflow_run_id=r.get("mlflow_run_id"), has_weights=bool(r.get("weights")),
             epochs_done=len(r.get("history") or []),
-            **{k: r[k] for k in ("rung", "ranked_by", "image_passes", "repeat_of", "repeats") if r.get(k) is not None}))
+            **{k: r[k] for k in (*EARLY_STOPPING_FIELDS, "repeats") if r.get(k) is not None}))
     return out
 
 
