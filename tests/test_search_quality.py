@@ -116,3 +116,21 @@ def test_replay_on_a_fully_recorded_subspace(name):
     a = sq.replay_one(("random", name, 3, n, "{}", json.dumps(fix)))[2]
     b = sq.replay_one(("random", name, 3, n, "{}", json.dumps(fix)))[2]
     assert a == b  # seeded: the strategy and the seed draws
+
+
+def test_added_strategies_join_the_published_curves(tmp_path):
+    """``replay --add``: a strategy replayed later (same seeds) joins the curves already published;
+    the others' columns come back unchanged, a replayed one is replaced."""
+    runs = {"random": [[0.1, 0.2, 0.3], [0.2, 0.2, 0.4]], "evolution": [[0.1, 0.3, 0.5], [0.3, 0.3, 0.3]]}
+    path = tmp_path / "curves.csv"
+    sq.write_curves(path, sq.curve_summary(runs))
+    published = sq.read_curves(path)
+    assert list(published) == ["random", "evolution"]
+    assert published["evolution"][0] == pytest.approx([0.2, 0.3, 0.4]) and published["random"][1][2] == pytest.approx(0.0707, abs=1e-4)
+    later = sq.curve_summary({"random": [[0.1, 0.2, 0.3], [0.2, 0.2, 0.4]], "handover": [[0.2, 0.4, 0.6], [0.2, 0.4, 0.6]]})
+    merged = {**published, **later}
+    sq.write_curves(path, merged)
+    sq.plot(tmp_path / "hv.png", "t", merged, seeds=2)
+    again = sq.read_curves(path)
+    assert list(again) == ["random", "evolution", "handover"] and again["evolution"] == published["evolution"]
+    assert again["handover"][1] == pytest.approx([0, 0, 0]) and (tmp_path / "hv.png").stat().st_size > 1000

@@ -23,7 +23,8 @@ from promptsearch.trial import TrialResult
 
 NAMES = sorted(STRATEGIES)
 VARIANTS = [("evolution", {"steady_state": False, "population_size": 6}), ("optuna", {"sampler": "nsga2"}),
-            ("rl", {"batch_size": 1})]
+            ("rl", {"batch_size": 1}), ("handover", {"after": 5, "first": "optuna-tpe"}),
+            ("handover", {"then": "rl", "first": "random", "after": 4})]
 SPACES = list_spaces()
 
 
@@ -62,7 +63,7 @@ def drive(strategy, n: int, ahead: int = 1, order=None, fail_every: int = 0):
 # mobo refits a Gaussian process on every tell (~0.3-2 s of CPU an ask): the default suite runs its
 # generic contract on the pixel space (and the space-free tests below); on every other space it is
 # marked long (tests/conftest.py reads this), so `pytest -m long` holds it to the contract there too.
-LONG_OFF_SPACE = {"mobo": "pixel"}
+LONG_OFF_SPACE = {"mobo": "pixel", "handover": "pixel"}  # the hand-over's default leader is mobo
 
 
 @pytest.fixture(params=SPACES)
@@ -351,3 +352,64 @@ def test_hypervolume_of_a_search_grows():
         s.tell(c.key, results[-1])
     hv = [hypervolume(results[:k]) for k in (5, 15, 30)]
     assert hv[0] <= hv[1] <= hv[2] and hv[2] > 0 and math.isfinite(hv[2])
+
+
+def _logged(strategy, n: int, events: list, ahead: int = 2) -> list:
+    """``drive``, logging the asks and tells as the search loop's event log holds them."""
+    out = []
+    while len(out) < n:
+        batch = [strategy.ask() for _ in range(min(ahead, n - len(out)))]
+        events += [("ask", list(c.genome), c.key) for c in batch]
+        for c in reversed(batch):
+            r = result(c)
+            strategy.tell(c.key, r)
+            events.append(("tell", c.key, r.model_dump()))
+        out += [c.genome for c in batch]
+    return out
+
+
+def test_handover_leads_then_follows_with_every_result():
+    space = load_space("medical")
+    s = make_strategy("handover", space, seed=3, first="optuna-tpe", then="evolution", after=10,
+                      then_options={"population_size": 6})
+    lead = _logged(s, 10, [])
+    assert [tuple(g) for g in s.first.asked] == lead and len(s.first.told) == 10
+    # the follower adopted every ask and was told every result: its population is the best of them
+    assert len(s.then.told) == 10 and len(s.then.population) == 6 and not s.then.pending
+    assert {tuple(ind["genome"]) for ind in s.then.population} <= set(lead)
+    follow = drive(s, 12, ahead=3, order="reverse")
+    assert len(s.first.asked) == 10  # the leader is never asked again
+    assert list(s.then.asked)[10:] == follow and len(set(lead + follow)) == 22  # nothing proposed twice
+    assert len(s.then.told) == 22 and len(s.told) == 22
+    # a child of the adopted population, not a fresh uniform start: the follower breeds at once
+    assert s.then.births == 22
+
+
+def test_handover_state_without_history_round_trips_across_the_hand_over():
+    space = load_space("medical")
+    opts = dict(first="optuna-tpe", after=6, first_options={"n_startup_trials": 3})
+    s = make_strategy("handover", space, seed=4, **opts)
+    events: list = []
+    _logged(s, 8, events)
+    in_flight = s.ask()  # asked by the follower, running while the job is killed
+    events.append(("ask", list(in_flight.genome), in_flight.key))
+    bare = make_strategy("handover", space, seed=4, **opts)
+    bare.load_state_dict(json.loads(json.dumps(s.state_dict(history=False))), history=events)
+    whole = make_strategy("handover", space, seed=4, **opts)
+    whole.load_state_dict(json.loads(json.dumps(s.state_dict())))
+    for x in (s, bare, whole):
+        x.tell(in_flight.key, result(in_flight))
+    nxt = drive(s, 5, ahead=2)
+    assert drive(bare, 5, ahead=2) == nxt and drive(whole, 5, ahead=2) == nxt
+    with pytest.raises(StrategyError, match="after=6"):
+        make_strategy("handover", space, seed=4, **{**opts, "after": 7}).load_state_dict(s.state_dict())
+
+
+def test_handover_refuses_a_follower_that_cannot_adopt():
+    space = load_space("pixel")
+    with pytest.raises(StrategyError, match="cannot follow"):
+        make_strategy("handover", space, then="optuna-tpe")
+    with pytest.raises(StrategyError, match="no option"):
+        make_strategy("handover", space, first="random", first_options={"population_size": 3})
+    with pytest.raises(StrategyError, match="cannot learn from candidates"):
+        make_strategy("optuna-tpe", space).adopt(space.sample(random.Random(0)))

@@ -107,14 +107,17 @@ def limit_problems(spec: Any, limits: Limits) -> list[str]:
               ("description", len(spec.description), "max_description_chars")]
     out = [p for field, value, name in checks if value is not None and (p := _over(field, value, limits, name))]
     options = spec.strategy_options
-    for key, name in STRATEGY_OPTION_LIMITS.items():
-        if key not in options:
-            continue
-        v = options[key]
-        if isinstance(v, bool) or not isinstance(v, int):
-            out.append(f"strategy_options.{key}: must be a whole number, got {type(v).__name__}")
-        elif p := _over(f"strategy_options.{key}", v, limits, name):
-            out.append(p)
+    # a hand-over's two strategies take their own options: held to the same limits
+    nested = [(f"strategy_options.{k}", v) for k, v in options.items() if k.endswith("_options") and isinstance(v, dict)]
+    for prefix, opts in [("strategy_options", options), *nested]:
+        for key, name in STRATEGY_OPTION_LIMITS.items():
+            if key not in opts:
+                continue
+            v = opts[key]
+            if isinstance(v, bool) or not isinstance(v, int):
+                out.append(f"{prefix}.{key}: must be a whole number, got {type(v).__name__}")
+            elif p := _over(f"{prefix}.{key}", v, limits, name):
+                out.append(p)
     for path, v in _numbers(options, "strategy_options"):
         if isinstance(v, float) and not math.isfinite(v):
             out.append(f"{path}: must be a finite number, got {v}")

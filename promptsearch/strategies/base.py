@@ -127,6 +127,7 @@ class Strategy(ABC):
     ``_state`` and ``_load_state``. Constructor options are keyword arguments with defaults."""
 
     name: ClassVar[str] = ""
+    adopts: ClassVar[bool] = True  # can learn from a candidate another strategy asked (see adopt)
 
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective | str | Mapping] | None = None,
                  seed: int = 0, scalarization: Scalarization | Mapping[str, Any] | None = None,
@@ -175,6 +176,18 @@ class Strategy(ABC):
             self._ignore(candidate_id)
             return
         self._record(candidate_id, self.observation(self.pending[candidate_id], result))
+
+    def adopt(self, candidate: Candidate) -> None:
+        """Take on a candidate another strategy asked (a hand-over, ``strategies.handover``): it
+        counts as asked (never proposed again) and its tell is learned from as if this strategy had
+        proposed it. A strategy whose learning needs its own proposals (Optuna's trials are its own
+        asks) sets ``adopts = False`` and refuses."""
+        if not self.adopts:
+            raise StrategyError(f"the {self.name} strategy cannot learn from candidates it did not propose")
+        if candidate.key in self.pending or candidate.key in self._told_keys:
+            return
+        self.asked.setdefault(candidate.genome, len(self.asked))
+        self.pending[candidate.key] = candidate.genome
 
     def _ignore(self, candidate_id: str) -> None:
         """A stopped trial with ``learn_stopped=False``: asked and answered (never proposed again),

@@ -78,6 +78,7 @@ def _pickle_sampler(sampler: optuna.samplers.BaseSampler) -> str:
 @STRATEGIES.register("optuna")
 class OptunaStrategy(Strategy):
     name = "optuna"
+    adopts = False  # every Optuna trial is one of its own asks: it leads a hand-over, never follows
 
     def __init__(self, space, objectives=None, seed: int = 0,
                  sampler: str = "tpe",  # "tpe" or "nsga2"
