@@ -632,7 +632,7 @@ def card(out: Path = typer.Option(DATA / "README.md")) -> None:
             "`artifacts/` (git-ignored) with a fixed recipe, but a rebuild on another CPU is not bit-identical",
             "(here, the brain_tumor_mri MobileNetV2 library rebuilt as 3011471a…, not the eab60941… its table",
             "was recorded with): a table's rows reproduce up to float-level differences of the trials. The",
-            "libraries of `brain_tumor_mri_4c` and `eye_fundus` are therefore committed beside their tables (the "
+            "libraries of `brain_tumor_mri_4c`, `eye_fundus` and `chest_xray` are therefore committed beside their tables (the "
             "`eye_fundus` libraries happened to rebuild bit-identical to those `library_transfer.py` built earlier).", ""]
     for bench in BENCHES.values():
         rows = read_rows(bench.table)
