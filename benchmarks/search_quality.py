@@ -408,9 +408,7 @@ def _run_key(args: tuple) -> str:
     """What a replay run depends on: its arguments, the table's rows and the strategy's source."""
     import inspect
 
-    from promptsearch.strategies import STRATEGIES
-
-    from promptsearch.strategies import Strategy, make_strategy
+    from promptsearch.strategies import STRATEGIES, Strategy, make_strategy
 
     bench = BENCHES[args[1]]
     h = hashlib.sha256(json.dumps(list(args)).encode())
@@ -684,7 +682,7 @@ def curve_summary(curves: dict[str, list[list[float]]]) -> dict[str, tuple[list[
     """Each strategy's mean curve and its per-trial s.d. over the replay seeds."""
     import numpy as np
 
-    return {n: (list(np.mean(c, axis=0)), list(np.std(c, axis=0, ddof=1))) for n, c in ((n, np.array(c)) for n, c in curves.items())}
+    return {n: (list(np.mean(c, axis=0)), list(np.std(c, axis=0, ddof=1))) for n, c in curves.items()}
 
 
 def write_curves(path: Path, summary: dict[str, tuple[list[float], list[float]]]) -> None:

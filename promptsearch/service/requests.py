@@ -107,9 +107,8 @@ def limit_problems(spec: Any, limits: Limits) -> list[str]:
               ("description", len(spec.description), "max_description_chars")]
     out = [p for field, value, name in checks if value is not None and (p := _over(field, value, limits, name))]
     options = spec.strategy_options
-    # a hand-over's two strategies take their own options: held to the same limits
-    nested = [(f"strategy_options.{k}", v) for k, v in options.items() if k.endswith("_options") and isinstance(v, dict)]
-    for prefix, opts in [("strategy_options", options), *nested]:
+    # at every depth: a hand-over's two strategies take their own options (first_options, then_options)
+    for prefix, opts in _option_dicts(options, "strategy_options"):
         for key, name in STRATEGY_OPTION_LIMITS.items():
             if key not in opts:
                 continue
@@ -122,6 +121,14 @@ def limit_problems(spec: Any, limits: Limits) -> list[str]:
         if isinstance(v, float) and not math.isfinite(v):
             out.append(f"{path}: must be a finite number, got {v}")
     return out
+
+
+def _option_dicts(value: Any, path: str):
+    """Every dict in ``value`` (itself first) with its path."""
+    if isinstance(value, dict):
+        yield path, value
+        for k, v in value.items():
+            yield from _option_dicts(v, f"{path}.{k}")
 
 
 def _numbers(value: Any, path: str):

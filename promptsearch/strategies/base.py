@@ -161,9 +161,13 @@ class Strategy(ABC):
             genome = self._unseen()
         self._accepted(genome)
         cand = self.space.candidate(genome)
+        self._asked(cand)
+        return cand
+
+    def _asked(self, cand: Candidate) -> None:
+        """Book ``cand`` as this strategy's newest ask, pending its tell."""
         self.asked[cand.genome] = len(self.asked)
         self.pending[cand.key] = cand.genome
-        return cand
 
     def tell(self, candidate_id: str, result: TrialResult | Mapping[str, Any]) -> None:
         """Report a finished (or failed) trial of a candidate this strategy proposed."""

@@ -69,8 +69,7 @@ class Handover(Strategy):
         cand = lead.ask()
         if lead is self.first:
             self.then.adopt(cand)
-        self.asked.setdefault(cand.genome, len(self.asked))
-        self.pending[cand.key] = cand.genome
+        self._asked(cand)
         return cand
 
     def tell(self, candidate_id: str, result: TrialResult | Mapping[str, Any]) -> None:
