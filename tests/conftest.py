@@ -67,6 +67,26 @@ def write_job_defaults(folder: Path, data_root: Path, weights: Path, max_train_s
     return path
 
 
+OLD_WORKSPACE = REPO / "tests" / "fixtures" / "old_workspace"  # written before the package split: tests/test_migration.py
+OLD_ROOT = "/tmp/psold"  # where that fixture was written (inside its MLflow store)
+
+
+def copy_old_workspace(tmp_path: Path, data_root: Path, weights: Path) -> tuple[Path, str]:
+    """A copy of :data:`OLD_WORKSPACE` at ``tmp_path / "ws"`` with its path placeholders filled in and
+    its MLflow store moved with it; returns the copy's root and its one job's id."""
+    import sqlite3
+
+    root = tmp_path / "ws"
+    shutil.copytree(OLD_WORKSPACE, root)
+    for p in list(root.glob("jobs/*/*.json")) + list(root.glob("jobs/*/*.yaml")):
+        p.write_text(p.read_text().replace("@WORKSPACE@", str(root)).replace("@DATA_ROOT@", str(data_root))
+                     .replace("@BACKBONE_WEIGHTS@", str(weights)))
+    with sqlite3.connect(root / "mlflow" / "mlflow.db") as db:
+        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", (OLD_ROOT, str(root)))
+        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (OLD_ROOT, str(root)))
+    return root, next(p.name for p in (root / "jobs").iterdir())
+
+
 # --- the browser tests: Debian's chromium driven by playwright (never `playwright install`) --------------
 ARTIFACTS = REPO / "test-artifacts"  # screenshots and downloads of the browser tests
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

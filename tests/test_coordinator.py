@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from live_server import free_port
 
 from promptsearch.service.jobs import Workspace, cancel, job_status, job_trials, list_jobs, run_job, submit
 from promptsearch.jobs import job_from_dict
@@ -299,17 +300,11 @@ def test_a_trial_no_node_can_hold_fails_fast_with_a_clear_message(ws, data_root,
 
 
 # --- a real two-node Ray cluster on this machine ---------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def ray_cluster(tmp: Path, logs: Path, nodes: int = 2):
     """``ray start --head`` + ``ray start --address`` nodes (1 CPU each), each blocking in its own
     process group, so teardown stops exactly these processes (not every Ray on the machine)."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     # every node on loopback: no traffic leaves 127.0.0.1
     common = ["--block", "--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats",

@@ -19,18 +19,13 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import ARTIFACTS, CHROMIUM, write_job_defaults  # the browser fixture is conftest's
+from live_server import Server, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 MAIN = {"name": "choose", "trials": 4, "strategy": "random", "seed": 0, "budget": {"epochs": 2}}
@@ -38,76 +33,6 @@ OTHER = {"name": "other", "trials": 2, "strategy": "random", "seed": 1, "budget"
 
 pytestmark = pytest.mark.slow
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
-
-
-# --- a real server (adapted from test_service.py's Server) ---------------------------------------------------
-def wait_for(check, timeout: float, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-class Server:
-    """``promptsearch serve`` as a subprocess on a free loopback port."""
-
-    def __init__(self, workspace: Path, defaults: Path):
-        self.workspace, self.defaults = workspace, defaults
-        self.log = workspace.parent / "server.log"
-
-    def start(self) -> Server:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
-        env.pop("PROMPTSEARCH_API_TOKEN", None)
-        env.pop("MLFLOW_TRACKING_URI", None)
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "promptsearch.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--workspace", str(self.workspace), "--job-defaults", str(self.defaults), "--max-jobs", "1",
-                 "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.workspace.parent)
-
-        def up():
-            assert self.proc.poll() is None, f"server exited: {self.log.read_text()[-3000:]}"
-            try:
-                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, 120, what="the server's /health")
-        self.client = httpx.Client(base_url=self.url, timeout=120)
-        return self
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGKILL)
-                self.proc.wait(10)
-
-    def job(self, job_id: str) -> dict:
-        r = self.client.get(f"/jobs/{job_id}")
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def wait_job(self, job_id: str, timeout: float = 400) -> dict:
-        def done():
-            j = self.job(job_id)
-            assert j["status"] not in ("failed", "cancelled", "interrupted"), (j, self.log.read_text()[-3000:])
-            return j if j["status"] == "completed" else None
-
-        return wait_for(done, timeout, 1.0, f"job {job_id} to complete")
-
-    def trials(self, job_id: str) -> list[dict]:
-        return self.client.get(f"/jobs/{job_id}/trials", params={"limit": 10000}).json()["trials"]
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from conftest import ARTIFACTS, CHROMIUM, write_job_defaults  # the browser fixture is conftest's
-from test_dashboard import Server
+from live_server import Server
 
 pytestmark = pytest.mark.slow
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")

@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import copy_old_workspace
 import torch
 from PIL import Image
 
@@ -224,23 +225,6 @@ def test_explain_cli_maps_follow_the_image(tmp_path, vit, breast):
     assert res.exit_code == 2 and "cannot read image" in res.output
 
 
-def _old_workspace(tmp_path, data_root, weights):
-    """tests/fixtures/old_workspace (a finished MobileNetV2 pixel trial t0001; see tests/test_migration.py)."""
-    import shutil
-    import sqlite3
-    from pathlib import Path
-
-    root = tmp_path / "ws"
-    shutil.copytree(Path(__file__).resolve().parent / "fixtures" / "old_workspace", root)
-    for p in list(root.glob("jobs/*/*.json")) + list(root.glob("jobs/*/*.yaml")):
-        p.write_text(p.read_text().replace("@WORKSPACE@", str(root)).replace("@DATA_ROOT@", str(data_root))
-                     .replace("@BACKBONE_WEIGHTS@", str(weights)))
-    with sqlite3.connect(root / "mlflow" / "mlflow.db") as db:
-        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", ("/tmp/psold", str(root)))
-        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", ("/tmp/psold", str(root)))
-    return root, next(p.name for p in (root / "jobs").iterdir())
-
-
 def test_explanations_endpoint(tmp_path, data_root, mobilenet_weights):
     """GET /jobs/{id}/trials/{trial}/explanations: the trial's example maps as PNGs inline, built once;
     404/409/422 with reasons; behind the API token like every job endpoint."""
@@ -253,7 +237,7 @@ def test_explanations_endpoint(tmp_path, data_root, mobilenet_weights):
     from promptsearch.service.app import create_app
     from promptsearch.service.settings import Settings
 
-    ws, job_id = _old_workspace(tmp_path, data_root, mobilenet_weights)
+    ws, job_id = copy_old_workspace(tmp_path, data_root, mobilenet_weights)
     client = TestClient(create_app(Settings(workspace=ws, token="s3cret"), start_runner=False),
                         raise_server_exceptions=False)
     url = f"/jobs/{job_id}/trials/t0001/explanations"

@@ -12,6 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import copy_old_workspace
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -290,26 +291,10 @@ def test_bundle_carries_example_maps(trained, breast, tmp_path):
     assert "## Example explanations" in (out / "MODEL_CARD.md").read_text()
 
 
-def _old_workspace(tmp_path, data_root, weights):
-    """tests/fixtures/old_workspace (a finished MobileNetV2 pixel trial t0001; see tests/test_migration.py)."""
-    import sqlite3
-    from pathlib import Path
-
-    root = tmp_path / "ws"
-    shutil.copytree(Path(__file__).resolve().parent / "fixtures" / "old_workspace", root)
-    for p in list(root.glob("jobs/*/*.json")) + list(root.glob("jobs/*/*.yaml")):
-        p.write_text(p.read_text().replace("@WORKSPACE@", str(root)).replace("@DATA_ROOT@", str(data_root))
-                     .replace("@BACKBONE_WEIGHTS@", str(weights)))
-    with sqlite3.connect(root / "mlflow" / "mlflow.db") as db:
-        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", ("/tmp/psold", str(root)))
-        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", ("/tmp/psold", str(root)))
-    return root, next(p.name for p in (root / "jobs").iterdir())
-
-
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_export_cli_compress_and_examples(tmp_path, data_root, mobilenet_weights):
-    ws, job_id = _old_workspace(tmp_path, data_root, mobilenet_weights)
+    ws, job_id = copy_old_workspace(tmp_path, data_root, mobilenet_weights)
     out = tmp_path / "bundle"
     res = CliRunner().invoke(app, ["export", job_id, "--pick", "trial=t0001", "--out", str(out), "--compress",
                                    "svd:4+int8", "--examples", "2", "--zip", "--workspace", str(ws)])
@@ -329,7 +314,7 @@ def test_export_cli_compress_and_examples(tmp_path, data_root, mobilenet_weights
                                    "--compress", "zip", "--workspace", str(ws)])
     assert res.exit_code == 2 and "unknown compression step" in res.output
     # the job's data is not on this machine: the bundle is written without examples; --compress refuses
-    gone, job2 = _old_workspace(tmp_path / "elsewhere", tmp_path / "no-data", mobilenet_weights)
+    gone, job2 = copy_old_workspace(tmp_path / "elsewhere", tmp_path / "no-data", mobilenet_weights)
     res = CliRunner().invoke(app, ["export", job2, "--pick", "trial=t0001", "--out", str(tmp_path / "y"),
                                    "--workspace", str(gone)])
     assert res.exit_code == 0, res.output

@@ -625,7 +625,7 @@ def test_a_full_disk_at_start_is_one_line(tmp_path, data_root, mobilenet_weights
 def test_a_full_workspace_is_a_507_that_leaves_nothing_behind(tmp_path, data_root, mobilenet_weights):
     """The server's disk fills while it runs: a submission is a 507 naming the trouble, writes
     nothing (no job, no inline space, no temp file), and the server keeps answering."""
-    from test_service import Server
+    from live_server import Server
 
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -701,7 +701,8 @@ def _loopback(ip: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.long
 def test_a_served_job_listens_on_loopback_only_keeps_the_token_and_its_files_private(tmp_path, data_root, mobilenet_weights):
-    from test_service import Server, _job_process, wait_for
+    from live_server import Server, wait_for
+    from test_service import _job_process
 
     psutil = _psutil()
 

@@ -9,32 +9,16 @@ trial, with its MLflow store. Absolute paths in it are placeholders this test fi
 
 from __future__ import annotations
 
-import shutil
-import sqlite3
-from pathlib import Path
 
 import pytest
+from conftest import copy_old_workspace
 
 from promptsearch.service.jobs import Workspace, job_trials, list_jobs, run_job
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "old_workspace"
-OLD_ROOT = "/tmp/psold"  # where the fixture was written (inside its MLflow store)
-
-
-def _old_workspace(tmp_path: Path, data_root: Path, weights: Path) -> Workspace:
-    root = tmp_path / "ws"
-    shutil.copytree(FIXTURE, root)
-    for p in list(root.glob("jobs/*/*.json")) + list(root.glob("jobs/*/*.yaml")):
-        p.write_text(p.read_text().replace("@WORKSPACE@", str(root)).replace("@DATA_ROOT@", str(data_root))
-                     .replace("@BACKBONE_WEIGHTS@", str(weights)))
-    with sqlite3.connect(root / "mlflow" / "mlflow.db") as db:  # the store moved with the workspace
-        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", (OLD_ROOT, str(root)))
-        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (OLD_ROOT, str(root)))
-    return Workspace(root)
 
 
 def test_old_workspace_lists_and_reads(tmp_path, data_root, mobilenet_weights):
-    ws = _old_workspace(tmp_path, data_root, mobilenet_weights)
+    ws = Workspace(copy_old_workspace(tmp_path, data_root, mobilenet_weights)[0])
     (job,) = list_jobs(ws)
     assert job["status"] == "cancelled" and job["trials"]["completed"] == 1 and job["trials"]["preempted"] == 1
     assert job["space"] == "pixel" and job["best"]["auc"] == job_trials(ws, job["job_id"])[0]["metrics"]["auc"]
@@ -44,7 +28,7 @@ def test_old_workspace_lists_and_reads(tmp_path, data_root, mobilenet_weights):
 def test_old_workspace_resumes_to_the_exact_count_and_exports(tmp_path, data_root, mobilenet_weights):
     from promptsearch.export import export_job, load_exported
 
-    ws = _old_workspace(tmp_path, data_root, mobilenet_weights)
+    ws = Workspace(copy_old_workspace(tmp_path, data_root, mobilenet_weights)[0])
     (job,) = list_jobs(ws)
     job_id = job["job_id"]
     parent = job["mlflow"]["parent_run_id"]

@@ -10,106 +10,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import write_job_defaults
+from conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, write_job_defaults
+from live_server import Server, wait_for
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run"]
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, timeout: float, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-class Server:
-    """``promptsearch serve`` as a subprocess on a free loopback port."""
-
-    def __init__(self, workspace: Path, defaults: Path, token: str | None = None, max_jobs: int = 1,
-                 log_level: str = "warning", args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()):
-        self.workspace, self.defaults, self.token, self.max_jobs = workspace, defaults, token, max_jobs
-        self.log_level, self.args, self.prefix = log_level, list(args), list(prefix)  # prefix: e.g. unshare ...
-        self.proc: subprocess.Popen | None = None
-        self.log = workspace.parent / f"{workspace.name}-server.log"
-
-    def start(self) -> Server:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
-        env.pop("PROMPTSEARCH_API_TOKEN", None)
-        env.pop("MLFLOW_TRACKING_URI", None)
-        if self.token:
-            env["PROMPTSEARCH_API_TOKEN"] = self.token
-        cmd = [*self.prefix, sys.executable, "-m", "promptsearch.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workspace", str(self.workspace), "--job-defaults", str(self.defaults),
-               "--max-jobs", str(self.max_jobs), "--log-level", self.log_level, *self.args]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.workspace.parent)
-
-        def up():
-            assert self.proc.poll() is None, f"server exited: {self.log.read_text()[-3000:]}"
-            try:
-                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, 120, what="the server's /health")
-        self.client = httpx.Client(base_url=self.url, timeout=30,
-                                   headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
-        return self
-
-    def kill(self) -> None:  # kill -9: no shutdown handler runs
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def job(self, job_id: str) -> dict:
-        r = self.client.get(f"/jobs/{job_id}")
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def wait_job(self, job_id: str, statuses: tuple[str, ...], timeout: float = 300) -> dict:
-        def done():
-            j = self.job(job_id)
-            assert j["status"] != "failed" or "failed" in statuses, j
-            return j if j["status"] in statuses else None
-
-        return wait_for(done, timeout, 1.0, f"job {job_id} to be {'/'.join(statuses)}")
 
 
 @pytest.fixture(scope="module")
