@@ -126,6 +126,25 @@ def browser():
         b.close()
 
 
+@pytest.fixture
+def page(browser):
+    """A fresh page of :func:`browser` (1400 x 1000, downloads accepted) that fails its test on any
+    page error or failed request."""
+    errors: list[str] = []
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+    yield pg
+    pg.close()
+    assert not errors, errors
+
+
+def open_job(page, server, job_id: str) -> None:
+    """The dashboard's page of ``job_id`` on ``server`` (a :class:`live_server.Server`), once drawn whole."""
+    page.goto(f"{server.url}/#/jobs/{job_id}")
+    page.wait_for_selector("#view-job[data-ready='1'][data-complete='1']", timeout=60_000)
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the mark must be on the item by then
 def pytest_collection_modifyitems(items):
     """A test module's ``LONG_OFF_SPACE = {name: space}``: its tests parametrized with that ``name``

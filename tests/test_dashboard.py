@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, CHROMIUM, write_job_defaults  # the browser fixture is conftest's
+from conftest import ARTIFACTS, CHROMIUM, open_job, write_job_defaults  # the browser and page fixtures are conftest's
 from live_server import Server, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,22 +63,6 @@ def done(server, submitted) -> dict[str, str]:
     for job_id in submitted.values():
         server.wait_job(job_id)
     return submitted
-
-
-@pytest.fixture
-def page(browser):
-    errors: list[str] = []
-    pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
-    yield pg
-    pg.close()
-    assert not errors, errors
-
-
-def open_job(page, server, job_id: str) -> None:
-    page.goto(f"{server.url}/#/jobs/{job_id}")
-    page.wait_for_selector("#view-job[data-ready='1'][data-complete='1']", timeout=60_000)
 
 
 def usable(trials: list[dict], objectives=("auc", "worst_class_recall", "prompt_params", "latency_ms")) -> list[dict]:

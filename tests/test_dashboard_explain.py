@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from conftest import ARTIFACTS, CHROMIUM, write_job_defaults  # the browser fixture is conftest's
+from conftest import ARTIFACTS, CHROMIUM, open_job, write_job_defaults  # the browser and page fixtures are conftest's
 from live_server import Server
 
 pytestmark = pytest.mark.slow
@@ -56,22 +56,6 @@ def job(server) -> str:
     assert r.status_code == 201, r.text
     server.wait_job(r.json()["id"])
     return r.json()["id"]
-
-
-@pytest.fixture
-def page(browser):
-    errors: list[str] = []
-    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
-    yield pg
-    pg.close()
-    assert not errors, errors
-
-
-def open_job(page, server, job_id: str) -> None:
-    page.goto(f"{server.url}/#/jobs/{job_id}")
-    page.wait_for_selector("#view-job[data-ready='1'][data-complete='1']", timeout=60_000)
 
 
 def select_by_keyboard(page, trial_id: str) -> None:
