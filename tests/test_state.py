@@ -174,14 +174,22 @@ def _restored_equals(ws: Workspace, job_id: str, state: dict, asks: list) -> Non
     assert [again.strategy.ask().genome for _ in range(4)] == asks
 
 
-@pytest.mark.parametrize("strategy", ["random", "evolution", "rl", "optuna-tpe", "optuna-nsga2"])
+# handover: led by TPE, handing over after 6 asks: the two snapshots restored from are taken after the
+# hand-over (the follower leading), the replay of the whole log crosses it
+SNAPSHOT_OPTIONS = {"handover": {"first": "optuna-tpe", "after": 6}}
+
+
+@pytest.mark.parametrize("strategy", ["random", "evolution", "rl", "optuna-tpe", "optuna-nsga2", "handover"])
 def test_snapshots_restore_the_strategy_exactly(tmp_path, data_root, mobilenet_weights, monkeypatch, strategy):
     monkeypatch.setattr(state_mod, "SNAPSHOT_EVENTS", 15)  # a snapshot every ~4 trials
     ws = Workspace(tmp_path)
-    job_id = submit(ws, _spec(data_root, mobilenet_weights, strategy=strategy, trials=30))
+    job_id = submit(ws, _spec(data_root, mobilenet_weights, strategy=strategy, trials=30,
+                              strategy_options=SNAPSHOT_OPTIONS.get(strategy, {})))
     loop = SearchLoop(ws, job_id, tracking=False)
     _drive(loop, 14, random.Random(2), leave_running=1)
     state = loop.strategy.state_dict()
+    if strategy == "handover":
+        assert loop.strategy.leader is loop.strategy.then  # past the hand-over
     asks = [loop.strategy.ask().genome for _ in range(4)]  # what the live strategy proposes next
     d = ws.job_dir(job_id)
     snap = json.loads((d / "snapshot.json").read_text())
