@@ -378,11 +378,9 @@ def greater_p(x: np.ndarray, y: np.ndarray) -> float:
 
 def out_of_sample(tune: str, report: str) -> str:
     """How far the report bench is from the tune bench: other candidates' trials always; other
-    images only where their sources differ (``Bench.image_source``)."""
-    same = tune in sq.BENCHES and report in sq.BENCHES and \
-        sq.BENCHES[tune].image_source == sq.BENCHES[report].image_source
-    return (f"out of sample, but not independent: its images share a source with `{tune}`'s "
-            f"({sq.BENCHES[report].image_source})") if same else "out of sample"
+    images only where the catalogue says their targets are not the same data (``Bench.shares_images_with``)."""
+    same = tune in sq.BENCHES and report in sq.BENCHES and sq.BENCHES[report].shares_images_with(sq.BENCHES[tune])
+    return f"out of sample, but not independent: its images share a source with `{tune}`'s" if same else "out of sample"
 
 
 def fmt_p(p: float) -> str:

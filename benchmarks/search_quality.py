@@ -71,7 +71,6 @@ class Bench:
     data_root: Path
     backbones: dict[str, dict[str, Any]]  # backbone decision choice -> BackboneSpec fields
     libraries: dict[str, Path] = field(default_factory=dict)  # backbone choice -> library folder
-    source: str = ""  # where its images come from, where two benches share it (default: ``dataset``)
     epochs: int = 9  # rungs 1, 3, 9 of the early-stopping benchmark replay these curves
     max_train_samples: int | None = 512
     batch_size: int = 32
@@ -84,10 +83,12 @@ class Bench:
     def load_space(self) -> SearchSpace:
         return load_space(self.space)
 
-    @property
-    def image_source(self) -> str:
-        """The source of its images: two benches with one source are not independent of each other."""
-        return self.source or self.dataset
+    def shares_images_with(self, other: Bench) -> bool:
+        """Whether the two benches' targets are the same data by the catalogue (one ``source``, one
+        folder or a shared image file): then neither is independent of the other."""
+        from promptsearch.catalog import same_source
+
+        return same_source(self.dataset, other.dataset, FOLDERS)
 
 
 MEDMNIST = SHARED / "data" / "medmnist"
@@ -109,10 +110,9 @@ def register_bench(bench: Bench) -> Bench:
 
 
 # tune on PneumoniaMNIST (val 524), report on the brain MRI folder (val 200): see the space files
-KERMANY = "Kermany et al. 2018 chest X-rays"  # PneumoniaMNIST's source and the chest_xray_pneumonia folder's
-for _target, _root, _source in (("pneumoniamnist", MEDMNIST, KERMANY), ("brain_tumor_mri", FOLDERS, "")):
+for _target, _root in (("pneumoniamnist", MEDMNIST), ("brain_tumor_mri", FOLDERS)):
     register_bench(Bench(name=_target, space=str(DATA / f"bench_{_target}.yaml"), dataset=_target, data_root=_root,
-                         backbones=BACKBONES, source=_source,
+                         backbones=BACKBONES,
                          libraries={b: LIBS / f"{tag}-32-without-{_target}" for b, tag in LIBRARY_TAG.items()}))
 # the brain MRI bench with a fourth component (472 candidates): its libraries are committed beside the
 # table (DATA / "libraries"), built once with the recipe above; a rebuild on another CPU is not bit-identical
@@ -130,7 +130,7 @@ register_bench(Bench(name="eye_fundus", space=str(DATA / "bench_eye_fundus.yaml"
 # the Kermany chest X-rays (val 120). Its source is PneumoniaMNIST's, on which evolution was tuned: out
 # of sample for every option set since, not for evolution's
 register_bench(Bench(name="chest_xray", space=str(DATA / "bench_chest_xray.yaml"), dataset="chest_xray_pneumonia",
-                     data_root=FOLDERS, backbones=BACKBONES, source=KERMANY,
+                     data_root=FOLDERS, backbones=BACKBONES,
                      libraries={b: DATA / "libraries" / f"{tag}-32-without-chest_xray_pneumonia"
                                 for b, tag in LIBRARY_TAG.items()}))
 

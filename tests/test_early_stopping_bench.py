@@ -100,3 +100,11 @@ def test_rung_vector_is_the_curve_at_that_epoch(table):
     at3 = json.loads(row["curve"])[2]
     assert m == {"auc": at3["val_auc"], "worst_class_recall": at3["val_worst_class_recall"],
                  "prompt_params": float(row["prompt_params"])}
+
+
+def test_a_report_bench_that_shares_its_tune_bench_s_images_says_so():
+    # PneumoniaMNIST and the chest X-ray folder are one source (Kermany), as are the two brain benches
+    assert es.out_of_sample("pneumoniamnist", "chest_xray").startswith("out of sample, but not independent")
+    assert es.out_of_sample("brain_tumor_mri", "brain_tumor_mri_4c").startswith("out of sample, but not independent")
+    assert es.out_of_sample("brain_tumor_mri", "chest_xray") == "out of sample"
+    assert es.out_of_sample("pneumoniamnist", "eye_fundus") == "out of sample"
