@@ -112,6 +112,11 @@ def vit():
     return build_backbone(BackboneSpec("vit_tiny_patch16_224", image_size=28, patch_size=4))
 
 
+def launch_chromium(playwright):
+    """Debian's chromium, headless, with :data:`CHROMIUM_ARGS`, from a running ``sync_playwright()``."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
 @pytest.fixture(scope="module")
 def browser():
     """One headless chromium per test module (skips where it is not installed)."""
@@ -121,7 +126,7 @@ def browser():
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        b = launch_chromium(p)
         yield b
         b.close()
 

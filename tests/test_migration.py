@@ -9,12 +9,10 @@ trial, with its MLflow store. Absolute paths in it are placeholders this test fi
 
 from __future__ import annotations
 
-
 import pytest
 from conftest import copy_old_workspace
 
 from promptsearch.service.jobs import Workspace, job_trials, list_jobs, run_job
-
 
 
 def test_old_workspace_lists_and_reads(tmp_path, data_root, mobilenet_weights):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, write_job_defaults
+from conftest import ARTIFACTS, CHROMIUM, launch_chromium, write_job_defaults
 from live_server import Server, wait_for
 import yaml
 
@@ -220,10 +220,6 @@ def test_export_cli(server, finished_job, tmp_path):
 
 
 # --- the dashboard in a real browser ---------------------------------------------------------------------
-def _browser(p):
-    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 @pytest.mark.long
 def test_dashboard_in_chromium(server, finished_job, tmp_path):
@@ -234,7 +230,7 @@ def test_dashboard_in_chromium(server, finished_job, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     errors: list[str] = []
     with sync_playwright() as p:
-        browser = _browser(p)
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
@@ -404,7 +400,7 @@ def test_token_auth(tmp_path, defaults):
         from playwright.sync_api import expect, sync_playwright
 
         with sync_playwright() as p:
-            browser = _browser(p)
+            browser = launch_chromium(p)
             page = browser.new_page()
             page.goto(srv.url + "/")
             expect(page.locator("#token-dialog")).to_be_visible()
